@@ -1,0 +1,34 @@
+"""Building blocks in pure torch + einops: attention, the ST-Transformer, vector quantisation, embeddings.
+
+Importing this package never imports lightning or hydra.
+"""
+
+from genie.nn.attention import Attention
+from genie.nn.embed import (
+    LearnedPositions,
+    apply_rope,
+    grid_positions,
+    patchify,
+    rope_frequencies,
+    unpatchify,
+)
+from genie.nn.quantize import QuantizerOutput, VectorQuantizer
+from genie.nn.st_block import MLP, KVCache, STBlock, STConfig, STTransformer, block_causal_mask
+
+__all__ = [
+    "MLP",
+    "Attention",
+    "KVCache",
+    "LearnedPositions",
+    "QuantizerOutput",
+    "STBlock",
+    "STConfig",
+    "STTransformer",
+    "VectorQuantizer",
+    "apply_rope",
+    "block_causal_mask",
+    "grid_positions",
+    "patchify",
+    "rope_frequencies",
+    "unpatchify",
+]

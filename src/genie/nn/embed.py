@@ -1,0 +1,96 @@
+"""Patchify / unpatchify and position handling (learned factored tables or rotary)."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def patchify(video_BTCHW: Tensor, patch: int) -> Tensor:
+    """Cut every frame into non-overlapping ``patch``×``patch`` squares: returns ``x_BTSD``, D = C·p·p."""
+    *_, h, w = video_BTCHW.shape
+    if h % patch or w % patch:
+        raise ValueError(
+            f"frame size {h}x{w} is not divisible by patch size {patch}; resize or crop frames to a multiple of {patch}"
+        )
+    return rearrange(video_BTCHW, "b t c (h p1) (w p2) -> b t (h w) (c p1 p2)", p1=patch, p2=patch)
+
+
+def unpatchify(x_BTSD: Tensor, patch: int, grid: tuple[int, int], channels: int) -> Tensor:
+    """Inverse of :func:`patchify`: ``x_BTSD`` with S = grid[0]·grid[1] → ``video_BTCHW``."""
+    gh, gw = grid
+    return rearrange(
+        x_BTSD, "b t (h w) (c p1 p2) -> b t c (h p1) (w p2)", h=gh, w=gw, c=channels, p1=patch, p2=patch
+    )
+
+
+class LearnedPositions(nn.Module):
+    """Factored learned positions: a row table, a column table and a frame table, summed and added.
+
+    Factoring keeps the table small (H + W + T rows, not H·W·T) and lets one model run on any grid up to
+    its maximum.
+    """
+
+    def __init__(self, dim: int, max_frames: int, max_grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.max_frames = max_frames
+        self.max_grid = max_grid
+        self.rows = nn.Parameter(torch.zeros(max_grid[0], dim))
+        self.cols = nn.Parameter(torch.zeros(max_grid[1], dim))
+        self.frames = nn.Parameter(torch.zeros(max_frames, dim))
+        for p in (self.rows, self.cols, self.frames):
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, x_BTSD: Tensor, grid: tuple[int, int], t0: int = 0) -> Tensor:
+        t = x_BTSD.shape[1]
+        gh, gw = grid
+        if t0 + t > self.max_frames:
+            raise ValueError(
+                f"frame positions {t0}..{t0 + t - 1} exceed the {self.max_frames} learned frame positions; "
+                "pass at most max_frames frames (or use pos_emb='rope', which has no limit)"
+            )
+        if gh > self.max_grid[0] or gw > self.max_grid[1]:
+            raise ValueError(
+                f"token grid {gh}x{gw} exceeds the learned maximum {self.max_grid}; raise max_grid"
+            )
+        spatial_SD = (self.rows[:gh, None, :] + self.cols[None, :gw, :]).reshape(gh * gw, -1)
+        frames_TD = self.frames[t0 : t0 + t]
+        return x_BTSD + spatial_SD[None, None] + frames_TD[None, :, None]
+
+
+def rope_frequencies(positions_LA: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Rotary tables for L positions with A axes (1 = time, 2 = rows×cols): returns ``cos_LK, sin_LK``.
+
+    The head dimension is split evenly between the axes; each axis rotates head_dim/(2A) channel pairs.
+    """
+    n_axes = positions_LA.shape[-1]
+    pairs = head_dim // 2
+    per_axis = pairs // n_axes
+    if per_axis == 0:
+        raise ValueError(f"head_dim {head_dim} is too small for rotary positions over {n_axes} axes")
+    inv_freq = 1.0 / (
+        base ** (torch.arange(per_axis, dtype=torch.float32, device=positions_LA.device) / per_axis)
+    )
+    angles = [positions_LA[:, a, None].float() * inv_freq[None] for a in range(n_axes)]
+    angles_LP = torch.cat(angles, dim=-1)
+    # Leftover pairs (when pairs is not a multiple of the axis count) are not rotated: angle 0.
+    if angles_LP.shape[-1] < pairs:
+        angles_LP = torch.nn.functional.pad(angles_LP, (0, pairs - angles_LP.shape[-1]))
+    return angles_LP.cos(), angles_LP.sin()
+
+
+def apply_rope(x_BHLK: Tensor, cos_LP: Tensor, sin_LP: Tensor) -> Tensor:
+    """Rotate channel pairs (first half, second half) of every head by the position's angles."""
+    x1, x2 = x_BHLK.float().chunk(2, dim=-1)
+    cos, sin = cos_LP.to(x1.device), sin_LP.to(x1.device)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x_BHLK.dtype)
+
+
+def grid_positions(grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
+    """Row/column index of every token of an H×W grid, row-major: ``positions_S2``."""
+    gh, gw = grid
+    rows = torch.arange(gh, device=device).repeat_interleave(gw)
+    cols = torch.arange(gw, device=device).repeat(gh)
+    return torch.stack((rows, cols), dim=-1)

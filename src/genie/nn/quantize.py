@@ -1,0 +1,174 @@
+"""Vector quantisation (VQ-VAE, van den Oord et al. 2017) with usage statistics and dead-code restarts.
+
+One quantiser serves the tokenizer (1024 codes × 32) and the latent action model (8 codes × 32).
+Collapse — a few codes doing all the work — is the commonest failure of public Genie reimplementations,
+so every call reports usage and perplexity, and codes unused for ``dead_code_steps`` training steps are
+restarted on encoder outputs from the current batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What a quantiser call returns; ``...`` is the caller's leading shape."""
+
+    z_q: Tensor  # (..., D): quantised vectors, straight-through gradient to the input
+    indices: Tensor  # (...,) long
+    loss: Tensor  # codebook + beta · commitment (scalar)
+    codebook_loss: Tensor
+    commitment_loss: Tensor
+    perplexity: Tensor  # exp(entropy of this batch's code histogram)
+    usage: Tensor  # fraction of codes used in this batch
+    counts: Tensor  # (num_codes,) how often each code was picked in this batch
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantiser over the last axis.
+
+    - ``use_ema``: codebook follows an exponential moving average of assigned inputs (no codebook loss).
+    - ``l2_normalize``: inputs and codes live on the unit sphere (cosine-similarity look-up).
+    - ``dead_code_steps``: a code unused for that many consecutive training steps is replaced by a random
+      input vector of the batch (0 disables restarts). Under ``torch.distributed`` the replacements are
+      broadcast from rank 0 and usage is summed over ranks, so all replicas keep one codebook.
+    """
+
+    unused_steps: Tensor
+    ema_count: Tensor
+    ema_sum: Tensor
+
+    def __init__(
+        self,
+        num_codes: int,
+        code_dim: int,
+        beta: float = 0.25,
+        use_ema: bool = False,
+        ema_decay: float = 0.99,
+        l2_normalize: bool = False,
+        dead_code_steps: int = 50,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if num_codes < 1 or code_dim < 1:
+            raise ValueError(f"num_codes and code_dim must be positive, got {num_codes} and {code_dim}")
+        self.num_codes = num_codes
+        self.code_dim = code_dim
+        self.beta = beta
+        self.use_ema = use_ema
+        self.ema_decay = ema_decay
+        self.l2_normalize = l2_normalize
+        self.dead_code_steps = dead_code_steps
+        self.eps = eps
+        embed = torch.randn(num_codes, code_dim)
+        if l2_normalize:
+            embed = F.normalize(embed, dim=-1)
+        self.codebook = nn.Parameter(embed, requires_grad=not use_ema)
+        self.register_buffer("unused_steps", torch.zeros(num_codes, dtype=torch.long))
+        if use_ema:
+            self.register_buffer("ema_count", torch.ones(num_codes))
+            self.register_buffer("ema_sum", embed.clone())
+
+    def codes(self) -> Tensor:
+        """The codebook as used for look-up: ``codes_KD``."""
+        return F.normalize(self.codebook, dim=-1) if self.l2_normalize else self.codebook
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code vectors for ``indices`` of any shape: returns ``indices.shape + (D,)``."""
+        return F.embedding(indices, self.codes())
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        if z.shape[-1] != self.code_dim:
+            raise ValueError(
+                f"quantiser expects vectors of size {self.code_dim} on the last axis, got {z.shape}"
+            )
+        lead = z.shape[:-1]
+        # Distances in fp32: bf16 rounding would flip nearest-neighbour choices.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z_ND = z.reshape(-1, self.code_dim).float()
+            if self.l2_normalize:
+                z_ND = F.normalize(z_ND, dim=-1)
+            codes_KD = self.codes().float()
+            dist_NK = (
+                z_ND.pow(2).sum(-1, keepdim=True) - 2 * z_ND @ codes_KD.t() + codes_KD.pow(2).sum(-1)[None]
+            )
+            idx_N = dist_NK.argmin(-1)
+            q_ND = F.embedding(idx_N, codes_KD)
+            counts_K = torch.bincount(idx_N, minlength=self.num_codes).float()
+
+            commitment = F.mse_loss(z_ND, q_ND.detach())
+            if self.use_ema:
+                codebook_loss = torch.zeros((), device=z.device)
+                if self.training:
+                    self._ema_update(z_ND.detach(), idx_N, counts_K)
+            else:
+                codebook_loss = F.mse_loss(q_ND, z_ND.detach())
+            loss = codebook_loss + self.beta * commitment
+
+            probs_K = counts_K / counts_K.sum().clamp_min(1)
+            perplexity = torch.exp(-(probs_K * torch.log(probs_K + 1e-10)).sum())
+            usage = (counts_K > 0).float().mean()
+            if self.training and self.dead_code_steps > 0:
+                self._restart_dead_codes(z_ND.detach(), counts_K)
+
+            # Straight-through estimator: forward uses the code, backward passes the gradient to z.
+            z_q = z_ND + (q_ND - z_ND).detach()
+        return QuantizerOutput(
+            z_q=z_q.reshape(*lead, self.code_dim).to(z.dtype),
+            indices=idx_N.reshape(lead),
+            loss=loss,
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment,
+            perplexity=perplexity,
+            usage=usage,
+            counts=counts_K,
+        )
+
+    @torch.no_grad()
+    def _ema_update(self, z_ND: Tensor, idx_N: Tensor, counts_K: Tensor) -> None:
+        onehot_sum_KD = torch.zeros_like(self.ema_sum).index_add_(0, idx_N, z_ND)
+        counts_K = counts_K.clone()
+        if _distributed():
+            dist.all_reduce(counts_K)
+            dist.all_reduce(onehot_sum_KD)
+        d = self.ema_decay
+        self.ema_count.mul_(d).add_(counts_K, alpha=1 - d)
+        self.ema_sum.mul_(d).add_(onehot_sum_KD, alpha=1 - d)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n  # Laplace smoothing
+        self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z_ND: Tensor, counts_K: Tensor) -> None:
+        counts_K = counts_K.clone()
+        if _distributed():
+            dist.all_reduce(counts_K)
+        self.unused_steps.add_(1).masked_fill_(counts_K > 0, 0)
+        dead_K: Tensor = self.unused_steps >= self.dead_code_steps
+        if _distributed():
+            dist.broadcast(dead_K, src=0)
+        n_dead = int(dead_K.sum())
+        if n_dead == 0:
+            return
+        pick = torch.randint(0, z_ND.shape[0], (n_dead,), device=z_ND.device)
+        new_KD = z_ND[pick] + 1e-3 * torch.randn(n_dead, self.code_dim, device=z_ND.device)
+        if self.l2_normalize:
+            new_KD = F.normalize(new_KD, dim=-1)
+        if _distributed():
+            dist.broadcast(new_KD, src=0)
+        new_KD = new_KD.to(self.codebook.dtype)
+        self.codebook.data[dead_K] = new_KD
+        if self.use_ema:
+            self.ema_sum[dead_K] = new_KD
+            self.ema_count[dead_K] = 1.0
+        self.unused_steps[dead_K] = 0
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -1,0 +1,298 @@
+"""The ST-Transformer (Genie §2.1): the one block every Genie component is built from.
+
+Spatial attention mixes the H·W tokens of each frame; causal temporal attention mixes the T tokens at each
+spatial position (token t sees ≤ t); then a single feed-forward layer. Compute and memory grow linearly in T.
+Two ablation modes share the same block: ``spatial`` (ViT: no temporal mixing) and ``full`` (C-ViViT:
+one attention over all T·S tokens, block-causal in time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from genie.nn.attention import KV, Attention, Rope
+from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies
+
+AttentionMode = Literal["st", "spatial", "full"]
+MLPKind = Literal["gelu", "swiglu"]
+PosEmb = Literal["rope", "learned", "none"]
+
+
+@dataclass
+class STConfig:
+    """Configuration of an :class:`STTransformer` (and of each of its blocks)."""
+
+    dim: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    head_dim: int | None = None  # None: dim // num_heads
+    mlp_dim: int | None = None  # None: 4 · dim
+    mlp: MLPKind = "gelu"
+    attention: AttentionMode = "st"
+    causal: bool = True  # causal over time (the paper's tokenizer, LAM and dynamics all are)
+    qk_norm: bool = True
+    pos_emb: PosEmb = "rope"
+    max_frames: int = 16  # learned positions only
+    max_grid: Sequence[int] = field(default_factory=lambda: (64, 64))  # learned positions only
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    checkpoint_activations: bool = False
+
+    def __post_init__(self) -> None:
+        self.max_grid = tuple(int(g) for g in self.max_grid)
+        if self.attention not in ("st", "spatial", "full"):
+            raise ValueError(f"attention must be 'st', 'spatial' or 'full', got {self.attention!r}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.pos_emb not in ("rope", "learned", "none"):
+            raise ValueError(f"pos_emb must be 'rope', 'learned' or 'none', got {self.pos_emb!r}")
+        if self.head_dim is None and self.dim % self.num_heads:
+            raise ValueError(
+                f"dim {self.dim} is not divisible by num_heads {self.num_heads}; set head_dim explicitly"
+            )
+        if self.pos_emb == "rope" and self.resolved_head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.resolved_head_dim}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.dim // self.num_heads
+
+    @property
+    def resolved_mlp_dim(self) -> int:
+        return self.mlp_dim if self.mlp_dim is not None else 4 * self.dim
+
+    def num_params(self) -> int:
+        """Closed-form parameter count (equals ``sum(p.numel())`` of the built module)."""
+        return STTransformer.param_formula(self)
+
+
+class MLP(nn.Module):
+    """The block's single feed-forward layer: GELU-MLP or SwiGLU (bias-free)."""
+
+    def __init__(self, dim: int, hidden: int, kind: MLPKind = "gelu") -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc_in = nn.Linear(dim, 2 * hidden if kind == "swiglu" else hidden, bias=False)
+        self.fc_out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc_in(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = nn.functional.silu(gate) * up
+        else:
+            h = nn.functional.gelu(h)
+        return self.fc_out(h)
+
+
+def block_causal_mask(q_frames: int, k_frames: int, tokens_per_frame: int, device: torch.device) -> Tensor:
+    """Mask for full attention over frames: a token of query frame t sees every token of key frames ≤ t.
+
+    The queries are the last ``q_frames`` of the ``k_frames`` (earlier ones come from a cache).
+    """
+    frame_mask = torch.ones(q_frames, k_frames, dtype=torch.bool, device=device).tril(k_frames - q_frames)
+    return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+class STBlock(nn.Module):
+    """One ST block on ``x_BTSD``: pre-norm residual attentions, then one pre-norm residual FFN."""
+
+    def __init__(self, cfg: STConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, hd = cfg.dim, cfg.resolved_head_dim
+
+        def attn() -> Attention:
+            return Attention(d, cfg.num_heads, hd, qk_norm=cfg.qk_norm, dropout=cfg.dropout)
+
+        self.norm_spatial = nn.LayerNorm(d)
+        self.spatial = attn()  # in "full" mode this one attends over all T·S tokens
+        if cfg.attention == "st":
+            self.norm_temporal = nn.LayerNorm(d)
+            self.temporal = attn()
+        self.norm_mlp = nn.LayerNorm(d)
+        self.mlp = MLP(d, cfg.resolved_mlp_dim, cfg.mlp)
+
+    def forward(
+        self,
+        x_BTSD: Tensor,
+        *,
+        spatial_rope: Rope | None = None,
+        temporal_rope: Rope | None = None,
+        full_mask: Tensor | None = None,
+        past_kv: KV | None = None,
+    ) -> tuple[Tensor, KV | None]:
+        """Returns the new activations and the (k, v) of the time-mixing attention, for caching."""
+        b, t, _, _ = x_BTSD.shape
+        mode = self.cfg.attention
+        new_kv: KV | None = None
+        if mode == "full":
+            h_BLD = rearrange(self.norm_spatial(x_BTSD), "b t s d -> b (t s) d")
+            out, new_kv = self.spatial(
+                h_BLD,
+                causal=False,
+                rope=spatial_rope,
+                mask_LL=full_mask,
+                past_kv=past_kv,
+            )
+            x_BTSD = x_BTSD + rearrange(out, "b (t s) d -> b t s d", t=t)
+        else:
+            h = rearrange(self.norm_spatial(x_BTSD), "b t s d -> (b t) s d")
+            out, _ = self.spatial(h, rope=spatial_rope)
+            x_BTSD = x_BTSD + rearrange(out, "(b t) s d -> b t s d", b=b)
+            if mode == "st":
+                h = rearrange(self.norm_temporal(x_BTSD), "b t s d -> (b s) t d")
+                out, new_kv = self.temporal(h, causal=self.cfg.causal, rope=temporal_rope, past_kv=past_kv)
+                x_BTSD = x_BTSD + rearrange(out, "(b s) t d -> b t s d", b=b)
+        return x_BTSD + self.mlp(self.norm_mlp(x_BTSD)), new_kv
+
+    @staticmethod
+    def param_formula(cfg: STConfig) -> int:
+        d, hd, m = cfg.dim, cfg.resolved_head_dim, cfg.resolved_mlp_dim
+        n_attn = 2 if cfg.attention == "st" else 1
+        attn = Attention.param_formula(d, cfg.num_heads, hd, cfg.qk_norm)
+        mlp = (3 if cfg.mlp == "swiglu" else 2) * d * m
+        norms = 2 * d * (n_attn + 1)
+        return n_attn * attn + mlp + norms
+
+
+class KVCache:
+    """Keys/values of past frames for every block's time-mixing attention, so a new frame costs one frame.
+
+    ``position`` is the absolute index of the next frame (rotary positions keep counting when the window
+    slides); ``max_frames`` keeps only the most recent frames (the model's memory).
+    """
+
+    def __init__(self, max_frames: int | None = None) -> None:
+        self.layers: list[KV] = []
+        self.position = 0
+        self.frames = 0
+        self.max_frames = max_frames
+
+    def past(self, layer: int) -> KV | None:
+        return self.layers[layer] if layer < len(self.layers) else None
+
+    def append(self, layer: int, kv: KV, frames: int) -> None:
+        """Store this call's (k, v) of ``frames`` new frames for ``layer`` after the cached ones."""
+        k, v = kv
+        if layer < len(self.layers):
+            k = torch.cat((self.layers[layer][0], k), dim=2)
+            v = torch.cat((self.layers[layer][1], v), dim=2)
+        if self.max_frames is not None:
+            # Each frame is 1 key (temporal attention) or S keys (full attention) along dim 2.
+            keep = self.max_frames * (k.shape[2] // (self.frames + frames))
+            k, v = k[:, :, -keep:], v[:, :, -keep:]
+        if layer < len(self.layers):
+            self.layers[layer] = (k, v)
+        else:
+            self.layers.append((k, v))
+
+    def advance(self, frames: int) -> None:
+        """Count ``frames`` new frames once every layer has appended them."""
+        self.position += frames
+        self.frames += frames
+        if self.max_frames is not None:
+            self.frames = min(self.frames, self.max_frames)
+
+    def reset(self) -> None:
+        self.layers.clear()
+        self.position = 0
+        self.frames = 0
+
+
+class STTransformer(nn.Module):
+    """A stack of :class:`STBlock` + final norm; owns position handling (learned tables or rotary)."""
+
+    def __init__(self, cfg: STConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.positions = (
+            LearnedPositions(cfg.dim, cfg.max_frames, tuple(cfg.max_grid))  # type: ignore[arg-type]
+            if cfg.pos_emb == "learned"
+            else None
+        )
+        self.blocks = nn.ModuleList(STBlock(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(
+        self,
+        x_BTSD: Tensor,
+        grid: tuple[int, int],
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+    ) -> Tensor:
+        """Run the stack on ``x_BTSD`` (S = grid[0]·grid[1]).
+
+        With ``cache`` the frames in ``x`` follow the cached ones: they attend to them, and with
+        ``write_cache`` their keys/values are appended (call once per frame that becomes context).
+        """
+        _, t, s, _ = x_BTSD.shape
+        if s != grid[0] * grid[1]:
+            raise ValueError(f"x has {s} tokens per frame but grid {grid} has {grid[0] * grid[1]}")
+        t0 = cache.position if cache is not None else 0
+        past_frames = cache.frames if cache is not None else 0
+        if self.positions is not None:
+            x_BTSD = self.positions(x_BTSD, grid, t0)
+        spatial_rope, temporal_rope, full_mask = self._position_tables(
+            t, t0, grid, past_frames, x_BTSD.device
+        )
+        for i, block in enumerate(self.blocks):
+            past = cache.past(i) if cache is not None else None
+            if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
+                x_BTSD, kv = checkpoint(
+                    block,
+                    x_BTSD,
+                    spatial_rope=spatial_rope,
+                    temporal_rope=temporal_rope,
+                    full_mask=full_mask,
+                    past_kv=past,
+                    use_reentrant=False,
+                )
+            else:
+                x_BTSD, kv = block(
+                    x_BTSD,
+                    spatial_rope=spatial_rope,
+                    temporal_rope=temporal_rope,
+                    full_mask=full_mask,
+                    past_kv=past,
+                )
+            if cache is not None and write_cache and kv is not None:  # spatial mode: nothing to cache
+                cache.append(i, kv, t)
+        if cache is not None and write_cache:
+            cache.advance(t)
+        return self.norm(x_BTSD)
+
+    def _position_tables(
+        self, t: int, t0: int, grid: tuple[int, int], past_frames: int, device: torch.device
+    ) -> tuple[Rope | None, Rope | None, Tensor | None]:
+        cfg = self.cfg
+        s = grid[0] * grid[1]
+        full_mask = None
+        if cfg.attention == "full" and cfg.causal and (t > 1):
+            full_mask = block_causal_mask(t, past_frames + t, s, device)
+        if cfg.pos_emb != "rope":
+            return None, None, full_mask
+        hd = cfg.resolved_head_dim
+        frames_T = torch.arange(t0, t0 + t, device=device)
+        if cfg.attention == "full":
+            grid_S2 = grid_positions(grid, device)
+            pos_L3 = torch.cat((frames_T.repeat_interleave(s)[:, None], grid_S2.repeat(t, 1)), dim=-1)
+            return rope_frequencies(pos_L3, hd, cfg.rope_base), None, full_mask
+        spatial = rope_frequencies(grid_positions(grid, device), hd, cfg.rope_base)
+        temporal = rope_frequencies(frames_T[:, None], hd, cfg.rope_base)
+        return spatial, temporal, full_mask
+
+    @staticmethod
+    def param_formula(cfg: STConfig) -> int:
+        """Closed-form parameter count of ``STTransformer(cfg)``."""
+        total = cfg.depth * STBlock.param_formula(cfg) + 2 * cfg.dim
+        if cfg.pos_emb == "learned":
+            total += cfg.dim * (cfg.max_frames + sum(cfg.max_grid))
+        return total

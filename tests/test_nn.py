@@ -1,0 +1,351 @@
+"""genie.nn: attention, the ST block, positions, vector quantisation."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genie.nn import (
+    Attention,
+    KVCache,
+    STBlock,
+    STConfig,
+    STTransformer,
+    VectorQuantizer,
+    apply_rope,
+    block_causal_mask,
+    patchify,
+    rope_frequencies,
+    unpatchify,
+)
+
+MODES = ["st", "full", "spatial"]
+POS = ["rope", "learned"]
+
+
+def tiny(mode: str = "st", pos: str = "rope", **kw: object) -> STTransformer:
+    cfg = STConfig(dim=32, depth=2, num_heads=4, attention=mode, pos_emb=pos, max_grid=(4, 4), **kw)  # type: ignore[arg-type]
+    return STTransformer(cfg).eval()
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("mode", ["st", "full"])
+def test_causal_in_time_exactly(mode: str, pos: str) -> None:
+    torch.manual_seed(0)
+    model = tiny(mode, pos)
+    x = torch.randn(2, 6, 12, 32)
+    y = model(x, (3, 4))
+    for t in range(5):
+        x2 = x.clone()
+        x2[:, t + 1 :] = torch.randn_like(x2[:, t + 1 :]) * 3
+        y2 = model(x2, (3, 4))
+        assert torch.equal(y[:, : t + 1], y2[:, : t + 1]), (
+            f"output at <= {t} changed when frames > {t} changed"
+        )
+        assert not torch.allclose(y[:, t + 1 :], y2[:, t + 1 :])
+
+
+def test_non_causal_time_sees_the_future() -> None:
+    torch.manual_seed(0)
+    model = tiny("st", causal=False)
+    x = torch.randn(1, 4, 12, 32)
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    assert not torch.allclose(model(x, (3, 4))[:, 0], model(x2, (3, 4))[:, 0])
+
+
+@pytest.mark.parametrize("pos", POS)
+def test_spatial_mode_never_mixes_frames(pos: str) -> None:
+    torch.manual_seed(0)
+    model = tiny("spatial", pos)
+    x = torch.randn(2, 5, 12, 32)
+    y = model(x, (3, 4))
+    x2 = x.clone()
+    x2[:, 2] = torch.randn_like(x2[:, 2])
+    y2 = model(x2, (3, 4))
+    others = [0, 1, 3, 4]
+    assert torch.equal(y[:, others], y2[:, others])
+    assert not torch.allclose(y[:, 2], y2[:, 2])
+
+
+def test_st_spatial_attention_stays_within_frame() -> None:
+    """In the ST block the spatial attention alone mixes tokens of one frame only."""
+    torch.manual_seed(0)
+    block = STBlock(STConfig(dim=16, depth=1, num_heads=2))
+    x = torch.randn(1, 3, 4, 16)
+    h = block.norm_spatial(x).reshape(3, 4, 16)
+    out, _ = block.spatial(h)
+    h2 = h.clone()
+    h2[1] += 1.0
+    out2, _ = block.spatial(h2)
+    assert torch.equal(out[[0, 2]], out2[[0, 2]])
+
+
+def reference_attention(attn: Attention, x: torch.Tensor, causal: bool, rope: tuple | None) -> torch.Tensor:
+    """Explicit softmax(QKᵀ/√k)V with the module's own weights."""
+    b, n, _ = x.shape
+    h, k = attn.num_heads, attn.head_dim
+    q, kk, v = attn.qkv(x).reshape(b, n, 3, h, k).permute(2, 0, 3, 1, 4)
+    if attn.q_scale is not None:
+        q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + attn.norm_eps) * attn.q_scale
+        kk = kk * torch.rsqrt(kk.pow(2).mean(-1, keepdim=True) + attn.norm_eps) * attn.k_scale
+    if rope is not None:
+        q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
+    scores = q @ kk.transpose(-1, -2) / math.sqrt(k)
+    if causal:
+        scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    out = scores.softmax(-1) @ v
+    return attn.proj(out.transpose(1, 2).reshape(b, n, h * k))
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("use_rope", [True, False])
+def test_sdpa_matches_explicit_softmax(qk_norm: bool, causal: bool, use_rope: bool) -> None:
+    torch.manual_seed(0)
+    attn = Attention(dim=24, num_heads=3, head_dim=10, qk_norm=qk_norm)  # heads·head_dim ≠ dim on purpose
+    x = torch.randn(2, 7, 24)
+    rope = rope_frequencies(torch.arange(7)[:, None], 10) if use_rope else None
+    out, _ = attn(x, causal=causal, rope=rope)
+    ref = reference_attention(attn, x, causal, rope)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_cache_matches_full_causal() -> None:
+    torch.manual_seed(0)
+    attn = Attention(dim=16, num_heads=2)
+    x = torch.randn(3, 6, 16)
+    full, _ = attn(x, causal=True)
+    _, past = attn(x[:, :4], causal=True)
+    tail, _ = attn(x[:, 4:], causal=True, past_kv=past)
+    torch.testing.assert_close(tail, full[:, 4:], rtol=1e-5, atol=1e-6)
+
+
+def test_rope_scores_depend_only_on_relative_position() -> None:
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(pq: int, pk: int) -> torch.Tensor:
+        cq, sq = rope_frequencies(torch.tensor([[pq]]), 8)
+        ck, sk = rope_frequencies(torch.tensor([[pk]]), 8)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+
+    torch.testing.assert_close(score(3, 1), score(10, 8))
+    assert not torch.allclose(score(3, 1), score(3, 2))
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("mode", MODES)
+def test_kv_cache_matches_uncached(mode: str, pos: str) -> None:
+    torch.manual_seed(0)
+    model = tiny(mode, pos)
+    x = torch.randn(2, 5, 12, 32)
+    full = model(x, (3, 4))
+    cache = KVCache()
+    first = model(x[:, :3], (3, 4), cache=cache, write_cache=True)
+    step4 = model(x[:, 3:4], (3, 4), cache=cache, write_cache=True)
+    step5 = model(x[:, 4:5], (3, 4), cache=cache)
+    torch.testing.assert_close(torch.cat((first, step4, step5), 1), full, rtol=1e-4, atol=1e-5)
+    assert cache.frames == 4 and cache.position == 4
+
+
+def test_kv_cache_window_keeps_last_frames() -> None:
+    model = tiny("st")
+    cache = KVCache(max_frames=3)
+    for _ in range(5):
+        model(torch.randn(1, 1, 12, 32), (3, 4), cache=cache, write_cache=True)
+    assert cache.frames == 3 and cache.position == 5
+    assert all(k.shape[2] == 3 for k, _ in cache.layers)
+
+
+def test_block_causal_mask() -> None:
+    m = block_causal_mask(2, 3, 2, torch.device("cpu"))
+    assert m.shape == (4, 6)
+    assert m[0].tolist() == [True, True, True, True, False, False]
+    assert m[3].tolist() == [True] * 6
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_trains_with_and_without_qk_norm(qk_norm: bool) -> None:
+    torch.manual_seed(0)
+    model = tiny("st", qk_norm=qk_norm).train()
+    x = torch.randn(4, 4, 12, 32)
+    target = torch.roll(x, 1, dims=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = F.mse_loss(model(x, (3, 4)), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_autocast_forward_backward_finite(mode: str) -> None:
+    torch.manual_seed(0)
+    model = tiny(mode).train()
+    x = torch.randn(2, 3, 12, 32, requires_grad=True)
+    dtypes = []
+    model.blocks[0].mlp.fc_in.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, (3, 4)).float().pow(2).mean()
+    assert dtypes == [torch.bfloat16]  # matmuls ran in bf16; norms stay fp32 under autocast
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_activation_checkpointing_same_gradients() -> None:
+    torch.manual_seed(0)
+    plain = tiny("st").train()
+    ckpt = tiny("st", checkpoint_activations=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 12, 32)
+    for m in (plain, ckpt):
+        m(x, (3, 4)).square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"attention": "full"},
+        {"attention": "spatial", "mlp": "swiglu"},
+        {"head_dim": 10, "num_heads": 3, "mlp_dim": 50, "qk_norm": False},
+        {"pos_emb": "learned", "max_frames": 7, "max_grid": (5, 9)},
+        {"pos_emb": "none", "depth": 3},
+    ],
+)
+def test_param_formula_matches_numel(kw: dict) -> None:
+    cfg = STConfig(**{"dim": 24, "depth": 2, "num_heads": 4, **kw})
+    model = STTransformer(cfg)
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_param_formula_on_meta_device_large() -> None:
+    cfg = STConfig(dim=1024, depth=20, num_heads=16, mlp_dim=4096)
+    with torch.device("meta"):
+        model = STTransformer(cfg)
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        STConfig(dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="attention must be"):
+        STConfig(attention="cvivit")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="learned frame positions"):
+        tiny("st", "learned")(torch.randn(1, 17, 12, 32), (3, 4))
+    with pytest.raises(ValueError, match="tokens per frame"):
+        tiny()(torch.randn(1, 2, 12, 32), (4, 4))
+
+
+def test_patchify_round_trip() -> None:
+    video = torch.randn(2, 3, 3, 16, 24)
+    x = patchify(video, 4)
+    assert x.shape == (2, 3, 24, 48)
+    assert torch.equal(unpatchify(x, 4, (4, 6), 3), video)
+    # the first patch is the top-left 4×4 square of every channel
+    assert torch.equal(x[0, 0, 0].reshape(3, 4, 4), video[0, 0, :, :4, :4])
+    with pytest.raises(ValueError, match="not divisible by patch"):
+        patchify(torch.randn(1, 1, 3, 10, 16), 4)
+
+
+# ----------------------------------------------------------------------------- vector quantisation
+
+
+def test_vq_straight_through_gradient_reaches_encoder() -> None:
+    torch.manual_seed(0)
+    enc = torch.nn.Linear(8, 4)
+    vq = VectorQuantizer(16, 4)
+    out = vq(enc(torch.randn(32, 8)))
+    (out.z_q.square().sum() + out.loss).backward()
+    assert enc.weight.grad is not None and enc.weight.grad.abs().sum() > 0
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+
+
+def test_vq_picks_nearest_code_and_reports_usage() -> None:
+    vq = VectorQuantizer(4, 2, dead_code_steps=0).eval()
+    vq.codebook.data = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    z = torch.tensor([[[0.5, -0.2], [9.0, 1.0]], [[1.0, 9.5], [0.2, 0.1]]])
+    out = vq(z)
+    assert out.indices.tolist() == [[0, 1], [2, 0]]
+    assert torch.equal(out.z_q, vq.lookup(out.indices))
+    assert out.usage.item() == 0.75
+    assert out.counts.tolist() == [2, 1, 1, 0]
+    probs = torch.tensor([0.5, 0.25, 0.25])
+    torch.testing.assert_close(out.perplexity, torch.exp(-(probs * probs.log()).sum()))
+
+
+def test_dead_code_restart_revives_unused_codes() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(32, 4, dead_code_steps=5).train()
+    vq.codebook.data[1:] += 100.0  # all but code 0 far from the data: dead
+    data = torch.randn(512, 4)
+    assert vq(data).usage.item() == 1 / 32
+    for _ in range(6):
+        vq(data)
+    out = vq(data)
+    assert out.usage.item() > 0.5, out.usage
+    assert vq.codebook.data.abs().max() < 50
+
+
+def test_no_restart_in_eval_or_when_disabled() -> None:
+    vq = VectorQuantizer(8, 4, dead_code_steps=0).train()
+    vq.codebook.data[1:] += 100.0
+    before = vq.codebook.data.clone()
+    for _ in range(10):
+        vq(torch.randn(64, 4))
+    assert torch.equal(vq.codebook.data, before)
+
+
+def test_vq_ema_moves_codes_to_data() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 2, use_ema=True, ema_decay=0.8, dead_code_steps=0).train()
+    centres = torch.randn(8, 2) * 5
+    errors = []
+    for _ in range(40):
+        data = centres[torch.randint(0, 8, (256,))] + 0.05 * torch.randn(256, 2)
+        errors.append(vq(data).commitment_loss.item())
+    assert errors[-1] < 0.2 * errors[0]
+    assert not vq.codebook.requires_grad
+
+
+def test_vq_l2_normalised_codes_are_unit() -> None:
+    vq = VectorQuantizer(8, 4, l2_normalize=True)
+    out = vq(torch.randn(10, 4) * 7)
+    torch.testing.assert_close(out.z_q.norm(dim=-1), torch.ones(10))
+
+
+def test_vq_bf16_autocast() -> None:
+    vq = VectorQuantizer(8, 4)
+    z = torch.randn(10, 4, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(z)
+    assert out.z_q.dtype == torch.bfloat16
+    out.z_q.float().sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad.float()).all()
+
+
+def test_vq_bad_dim_error() -> None:
+    with pytest.raises(ValueError, match="vectors of size 4"):
+        VectorQuantizer(8, 4)(torch.randn(3, 5))
+
+
+def test_genie_nn_imports_without_lightning_or_hydra() -> None:
+    code = (
+        "import sys, genie.nn, genie.nn.quantize, genie.nn.st_block;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra', 'omegaconf')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
