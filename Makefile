@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,video,play,agents,metrics
+EXTRAS ?= dev,video
 
 .PHONY: install test lint format typecheck pytest demo bench clean
 

@@ -289,7 +289,7 @@ def test_vq_picks_nearest_code_and_reports_usage() -> None:
 
 def test_dead_code_restart_revives_unused_codes() -> None:
     torch.manual_seed(0)
-    vq = VectorQuantizer(32, 4, dead_code_steps=5).train()
+    vq = VectorQuantizer(32, 4, dead_code_steps=5, init_from_data=False).train()
     vq.codebook.data[1:] += 100.0  # all but code 0 far from the data: dead
     data = torch.randn(512, 4)
     assert vq(data).usage.item() == 1 / 32
@@ -301,7 +301,7 @@ def test_dead_code_restart_revives_unused_codes() -> None:
 
 
 def test_no_restart_in_eval_or_when_disabled() -> None:
-    vq = VectorQuantizer(8, 4, dead_code_steps=0).train()
+    vq = VectorQuantizer(8, 4, dead_code_steps=0, init_from_data=False).train()
     vq.codebook.data[1:] += 100.0
     before = vq.codebook.data.clone()
     for _ in range(10):
@@ -309,9 +309,23 @@ def test_no_restart_in_eval_or_when_disabled() -> None:
     assert torch.equal(vq.codebook.data, before)
 
 
+def test_vq_init_from_data_on_first_training_call() -> None:
+    vq = VectorQuantizer(16, 4, dead_code_steps=0)
+    data = torch.randn(256, 4) * 0.01 + 5.0  # far from the N(0, 1) initial codes
+    vq.eval()
+    assert vq(data).usage.item() <= 2 / 16  # eval never initialises
+    vq.train()
+    vq(data)
+    assert bool(vq.initialized)
+    assert (vq.codebook.data - 5.0).abs().max() < 0.1
+    before = vq.codebook.data.clone()
+    vq(torch.randn(256, 4))
+    assert torch.equal(before, vq.codebook.data)  # only once
+
+
 def test_vq_ema_moves_codes_to_data() -> None:
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 2, use_ema=True, ema_decay=0.8, dead_code_steps=0).train()
+    vq = VectorQuantizer(8, 2, use_ema=True, ema_decay=0.8, dead_code_steps=0, init_from_data=False).train()
     centres = torch.randn(8, 2) * 5
     errors = []
     for _ in range(40):

@@ -35,12 +35,15 @@ class VectorQuantizer(nn.Module):
 
     - ``use_ema``: codebook follows an exponential moving average of assigned inputs (no codebook loss).
     - ``l2_normalize``: inputs and codes live on the unit sphere (cosine-similarity look-up).
+    - ``init_from_data``: the first training call sets the codebook to random input vectors of that batch
+      (codes start where the data is, instead of waiting for restarts).
     - ``dead_code_steps``: a code unused for that many consecutive training steps is replaced by a random
       input vector of the batch (0 disables restarts). Under ``torch.distributed`` the replacements are
       broadcast from rank 0 and usage is summed over ranks, so all replicas keep one codebook.
     """
 
     unused_steps: Tensor
+    initialized: Tensor
     ema_count: Tensor
     ema_sum: Tensor
 
@@ -53,6 +56,7 @@ class VectorQuantizer(nn.Module):
         ema_decay: float = 0.99,
         l2_normalize: bool = False,
         dead_code_steps: int = 50,
+        init_from_data: bool = True,
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
@@ -71,6 +75,7 @@ class VectorQuantizer(nn.Module):
             embed = F.normalize(embed, dim=-1)
         self.codebook = nn.Parameter(embed, requires_grad=not use_ema)
         self.register_buffer("unused_steps", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(not init_from_data))
         if use_ema:
             self.register_buffer("ema_count", torch.ones(num_codes))
             self.register_buffer("ema_sum", embed.clone())
@@ -94,6 +99,8 @@ class VectorQuantizer(nn.Module):
             z_ND = z.reshape(-1, self.code_dim).float()
             if self.l2_normalize:
                 z_ND = F.normalize(z_ND, dim=-1)
+            if self.training and not bool(self.initialized):
+                self._init_from_data(z_ND.detach())
             codes_KD = self.codes().float()
             dist_NK = (
                 z_ND.pow(2).sum(-1, keepdim=True) - 2 * z_ND @ codes_KD.t() + codes_KD.pow(2).sum(-1)[None]
@@ -131,6 +138,27 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
+    def _init_from_data(self, z_ND: Tensor) -> None:
+        pick = torch.randint(0, z_ND.shape[0], (self.num_codes,), device=z_ND.device)
+        new_KD = z_ND[pick] + 1e-3 * torch.randn(self.num_codes, self.code_dim, device=z_ND.device)
+        self._set_codes(torch.ones(self.num_codes, dtype=torch.bool, device=z_ND.device), new_KD)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _set_codes(self, which_K: Tensor, new_KD: Tensor) -> None:
+        """Replace the codes ``which_K`` by ``new_KD`` (the same on every rank: broadcast from rank 0)."""
+        if self.l2_normalize:
+            new_KD = F.normalize(new_KD, dim=-1)
+        if _distributed():
+            dist.broadcast(new_KD, src=0)
+        new_KD = new_KD.to(self.codebook.dtype)
+        self.codebook.data[which_K] = new_KD
+        if self.use_ema:
+            self.ema_sum[which_K] = new_KD
+            self.ema_count[which_K] = 1.0
+        self.unused_steps[which_K] = 0
+
+    @torch.no_grad()
     def _ema_update(self, z_ND: Tensor, idx_N: Tensor, counts_K: Tensor) -> None:
         onehot_sum_KD = torch.zeros_like(self.ema_sum).index_add_(0, idx_N, z_ND)
         counts_K = counts_K.clone()
@@ -157,17 +185,7 @@ class VectorQuantizer(nn.Module):
         if n_dead == 0:
             return
         pick = torch.randint(0, z_ND.shape[0], (n_dead,), device=z_ND.device)
-        new_KD = z_ND[pick] + 1e-3 * torch.randn(n_dead, self.code_dim, device=z_ND.device)
-        if self.l2_normalize:
-            new_KD = F.normalize(new_KD, dim=-1)
-        if _distributed():
-            dist.broadcast(new_KD, src=0)
-        new_KD = new_KD.to(self.codebook.dtype)
-        self.codebook.data[dead_K] = new_KD
-        if self.use_ema:
-            self.ema_sum[dead_K] = new_KD
-            self.ema_count[dead_K] = 1.0
-        self.unused_steps[dead_K] = 0
+        self._set_codes(dead_K, z_ND[pick] + 1e-3 * torch.randn(n_dead, self.code_dim, device=z_ND.device))
 
 
 def _distributed() -> bool:

@@ -33,7 +33,8 @@ class STConfig:
     depth: int = 4
     num_heads: int = 4
     head_dim: int | None = None  # None: dim // num_heads
-    mlp_dim: int | None = None  # None: 4 · dim
+    mlp_dim: int | None = None  # None: mlp_ratio · dim, rounded to a multiple of 8
+    mlp_ratio: float = 4.0
     mlp: MLPKind = "gelu"
     attention: AttentionMode = "st"
     causal: bool = True  # causal over time (the paper's tokenizer, LAM and dynamics all are)
@@ -66,7 +67,9 @@ class STConfig:
 
     @property
     def resolved_mlp_dim(self) -> int:
-        return self.mlp_dim if self.mlp_dim is not None else 4 * self.dim
+        if self.mlp_dim is not None:
+            return self.mlp_dim
+        return max(8, round(self.mlp_ratio * self.dim / 8) * 8)
 
     def num_params(self) -> int:
         """Closed-form parameter count (equals ``sum(p.numel())`` of the built module)."""

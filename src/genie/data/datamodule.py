@@ -1,0 +1,108 @@
+"""LightningDataModule over clip shards (streams with webdataset; makes synthetic shards when asked)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from genie.data.pipeline import ClipStream, expand_shards
+from genie.data.synthetic import write_synthetic_shards
+
+
+class ClipDataModule(L.LightningDataModule):
+    """Train/val clip streams.
+
+    ``synthetic``: keyword arguments of :func:`genie.data.synthetic.write_synthetic_shards`; when given and
+    the shards are missing, ``prepare_data`` generates them (once per node) before training starts.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | Sequence[str],
+        val_shards: str | Sequence[str] | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        frames: int = 16,
+        val_frames: int | None = None,
+        size: Sequence[int] = (64, 64),
+        value_range: Sequence[float] = (0.0, 1.0),
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_shards = train_shards
+        self.val_shards = val_shards
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.frames = frames
+        self.val_frames = val_frames or frames
+        self.size = (int(size[0]), int(size[1]))
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.synthetic = dict(synthetic) if synthetic else None
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            write_synthetic_shards(**self.synthetic)
+        missing = [p for p in _patterns(self.train_shards) + _patterns(self.val_shards) if not _matches(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"no shards match {missing[0]!r}; write shards there (README: 'Data') or point "
+                "data.train_shards / data.val_shards at existing ones"
+            )
+
+    def stream(self, split: str, repeat: bool) -> ClipStream:
+        urls = self.train_shards if split == "train" else self.val_shards
+        if urls is None:
+            raise ValueError(f"no {split} shards configured; set data.{split}_shards")
+        return ClipStream(
+            urls,
+            frames=self.frames if split == "train" else self.val_frames,
+            size=self.size,
+            value_range=self.value_range,
+            shuffle_buffer=self.shuffle_buffer if split == "train" else 0,
+            repeat=repeat,
+            seed=self.seed,
+        )
+
+    def _loader(self, stream: ClipStream, batch_size: int) -> DataLoader:
+        return DataLoader(
+            stream,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.stream("train", repeat=True), self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        # Under DDP every rank must run the same number of val batches: loop the stream and let the
+        # trainer's integer limit_val_batches cut it. On one process a single pass is exact.
+        trainer = self.trainer
+        repeat = trainer is not None and trainer.world_size > 1 and isinstance(trainer.limit_val_batches, int)
+        return self._loader(self.stream("val", repeat=repeat), self.val_batch_size)
+
+
+def _patterns(urls: str | Sequence[str] | None) -> list[str]:
+    if urls is None:
+        return []
+    return [urls] if isinstance(urls, str) else [str(u) for u in urls]
+
+
+def _matches(pattern: str) -> bool:
+    if "://" in pattern or pattern.startswith("pipe:"):
+        return True  # remote: checked when streamed
+    paths = expand_shards(pattern)
+    return bool(paths) and all(Path(p).exists() for p in paths)

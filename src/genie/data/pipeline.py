@@ -1,0 +1,188 @@
+"""Streaming clips from webdataset shards into ``video_BTCHW`` batches.
+
+Shards are split across DDP ranks and dataloader workers so that every clip is read exactly once per epoch
+(when there are fewer shards than readers, the split falls back to samples). A shard that is corrupt or
+truncated is warned about, counted, and skipped; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from genie.data.shards import decode_frames
+
+log = logging.getLogger(__name__)
+
+
+def expand_shards(urls: str | Sequence[str]) -> list[str]:
+    """Shard paths/URLs from brace patterns (``a-{000..009}.tar``), shell globs of local files (``a-*.tar``),
+    several patterns joined by ``::``, or a list of any of these."""
+    if not isinstance(urls, str):
+        return [u for pattern in urls for u in expand_shards(str(pattern))]
+    out: list[str] = []
+    for url in wds.shardlists.expand_urls(urls):
+        if any(c in url for c in "*?[") and "://" not in url:
+            out += sorted(glob.glob(url))
+        else:
+            out.append(url)
+    return out
+
+
+def reader_slot(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """This reader's index among all (rank × dataloader worker) readers, and their number."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world_size = 0, 1
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * workers + worker, world_size * workers
+
+
+@dataclass
+class ErrorCount:
+    """Problems met while streaming, by kind (per reader process)."""
+
+    shards: int = 0
+    samples: int = 0
+
+
+class ClipStream(IterableDataset):
+    """Clips from shards as ``{"video": video_TCHW float, "actions": actions_(T-1) long (-1 unknown)}``.
+
+    - ``frames``: clip length; longer stored clips give a random window (train) or their start (eval).
+    - ``size``: (H, W) frames are resized (short side) and centre-cropped to.
+    - ``value_range``: pixels are mapped from [0, 255] to this range.
+    - ``repeat``: loop over epochs forever (training); shard order and sample buffer reshuffle each epoch.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        frames: int = 16,
+        size: Sequence[int] = (64, 64),
+        value_range: Sequence[float] = (0.0, 1.0),
+        shuffle_buffer: int = 0,
+        repeat: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.shards = expand_shards(urls)
+        if not self.shards:
+            raise ValueError(f"shard pattern {urls!r} matched no shards; check the path or brace pattern")
+        self.frames = frames
+        self.size = (int(size[0]), int(size[1]))
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.shuffle_buffer = shuffle_buffer
+        self.repeat = repeat
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.errors = ErrorCount()
+        self._bad_shards: set[str] = set()
+        self.epoch = 0
+
+    def _shard_error(self, exn: Exception) -> bool:
+        """webdataset handler for unreadable or truncated shards: warn, count, go on with the next shard."""
+        where = str(exn.args)
+        url = max((u for u in self.shards if u in where), key=len, default=where)
+        if url not in self._bad_shards:  # one shard can raise twice (its file, then its tar stream)
+            self._bad_shards.add(url)
+            self.errors.shards += 1
+        log.warning("skipping the rest of an unreadable shard (%s: %s)", type(exn).__name__, exn)
+        return True
+
+    def _sample_error(self, exn: Exception) -> None:
+        self.errors.samples += 1
+        log.warning("skipping an unreadable clip (%s: %s)", type(exn).__name__, exn)
+
+    def _shard_urls(self, epoch: int) -> Iterator[dict[str, str]]:
+        slot, slots = reader_slot(self.rank, self.world_size)
+        shards = list(self.shards)
+        if self.shuffle_buffer > 0:
+            random.Random(self.seed + epoch).shuffle(shards)  # same order on every reader: disjoint split
+        mine = shards[slot::slots] if len(shards) >= slots else shards
+        for url in mine:
+            yield {"url": url}
+
+    def _samples(self, epoch: int) -> Iterator[dict[str, Any]]:
+        slot, slots = reader_slot(self.rank, self.world_size)
+        by_sample = len(self.shards) < slots  # too few shards for every reader: split samples instead
+        raw = wds.tariterators.tarfile_samples(self._shard_urls(epoch), handler=self._shard_error)
+        for i, sample in enumerate(raw):
+            if by_sample and i % slots != slot:
+                continue
+            yield sample
+
+    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if "npz" not in sample:
+            raise KeyError(f"sample {sample.get('__key__')} has no frames (.npz) in {sample.get('__url__')}")
+        frames = decode_frames(sample["npz"])
+        record = json.loads(sample["json"]) if "json" in sample else {}
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames of shape {frames.shape} are not (T, H, W, 3)")
+        t = frames.shape[0]
+        if t < self.frames:
+            raise ValueError(f"clip of {t} frames is shorter than the {self.frames} frames asked for")
+        start = int(rng.integers(0, t - self.frames + 1)) if self.repeat else 0
+        video = torch.from_numpy(np.ascontiguousarray(frames[start : start + self.frames]))
+        video_TCHW = resize_crop(video.permute(0, 3, 1, 2), self.size)
+        lo, hi = self.value_range
+        video_TCHW = video_TCHW.float().div_(255.0).mul_(hi - lo).add_(lo)
+        actions = record.get("actions")
+        if actions is not None and len(actions) == t - 1:
+            acts = torch.tensor(actions[start : start + self.frames - 1], dtype=torch.long)
+        else:
+            acts = torch.full((self.frames - 1,), -1, dtype=torch.long)
+        return {"video": video_TCHW, "actions": acts}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        slot, _ = reader_slot(self.rank, self.world_size)
+        epoch = self.epoch
+        while True:
+            rng = np.random.default_rng([self.seed, epoch, slot])
+            buffer: list[dict[str, torch.Tensor]] = []
+            for sample in self._samples(epoch):
+                try:
+                    item = self.decode(sample, rng)
+                except Exception as exn:  # a bad sample never stops training
+                    self._sample_error(exn)
+                    continue
+                if self.shuffle_buffer <= 1:
+                    yield item
+                    continue
+                buffer.append(item)
+                if len(buffer) >= self.shuffle_buffer:
+                    yield buffer.pop(int(rng.integers(len(buffer))))
+            rng.shuffle(buffer)  # type: ignore[arg-type,unused-ignore]
+            yield from buffer
+            epoch += 1
+            if not self.repeat:
+                return
+
+
+def resize_crop(video_TCHW: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (keeping aspect, short side first) then centre-crop uint8 frames to ``size`` = (H, W)."""
+    h, w = video_TCHW.shape[-2:]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return video_TCHW
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    x = F.interpolate(video_TCHW.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return x[..., top : top + th, left : left + tw].round().clamp(0, 255).to(torch.uint8)

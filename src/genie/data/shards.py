@@ -1,0 +1,152 @@
+"""Webdataset shards of video clips: one sample per clip.
+
+A sample is ``KEY.npz`` (``frames``: uint8 ``T×H×W×3``, zlib-compressed) and ``KEY.json`` (source, fps,
+frame size, number of frames, true actions when known, anything else the writer adds). Each shard is
+written under a temporary name and renamed when complete, so a reader never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FPS = 10
+CLIP_FRAMES = 16
+
+
+def encode_frames(frames_THW3: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, frames=frames_THW3)
+    return buf.getvalue()
+
+
+def decode_frames(data: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return z["frames"]
+
+
+def clip_record(
+    frames_THW3: np.ndarray,
+    *,
+    source: str,
+    fps: float = FPS,
+    actions: Iterable[int] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON record stored beside a clip."""
+    if frames_THW3.ndim != 4 or frames_THW3.shape[-1] != 3 or frames_THW3.dtype != np.uint8:
+        raise ValueError(
+            f"clip frames must be uint8 of shape (T, H, W, 3), got {frames_THW3.dtype} {frames_THW3.shape}"
+        )
+    t, h, w, _ = frames_THW3.shape
+    record: dict[str, Any] = {"source": source, "fps": fps, "num_frames": t, "height": h, "width": w}
+    if actions is not None:
+        acts = [int(a) for a in actions]
+        if len(acts) != t - 1:
+            raise ValueError(f"a clip of {t} frames needs {t - 1} transition actions, got {len(acts)}")
+        record["actions"] = acts
+    record.update(extra)
+    return record
+
+
+class ShardWriter:
+    """Write samples into ``pattern % index`` tar shards of at most ``max_count`` samples each.
+
+    >>> with ShardWriter("out/train-%06d.tar", max_count=100) as w:
+    ...     w.write("clip0", frames, record)
+    """
+
+    def __init__(self, pattern: str, max_count: int = 256, start_index: int = 0) -> None:
+        if "%" not in pattern:
+            raise ValueError(
+                f"shard pattern {pattern!r} needs a %-format index, e.g. 'shards/train-%06d.tar'"
+            )
+        self.pattern = pattern
+        self.max_count = max_count
+        self.index = start_index
+        self.count = 0
+        self.paths: list[str] = []
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: str | None = None
+
+    def _open(self) -> None:
+        path = self.pattern % self.index
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = f"{path}.tmp{os.getpid()}"
+        self._tar = tarfile.open(self._tmp, "w")  # noqa: SIM115 (closed in _close or abort)
+        self.count = 0
+
+    def _close(self) -> None:
+        if self._tar is None or self._tmp is None:
+            return
+        self._tar.close()
+        final = self.pattern % self.index
+        os.replace(self._tmp, final)  # atomic: readers see whole shards only
+        self.paths.append(final)
+        self._tar, self._tmp = None, None
+        self.index += 1
+
+    def _add(self, name: str, data: bytes) -> None:
+        assert self._tar is not None
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o444
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def write(self, key: str, frames_THW3: np.ndarray, record: dict[str, Any]) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(
+                f"sample key {key!r} must not contain '.' or '/' (webdataset splits names on them)"
+            )
+        if self._tar is None:
+            self._open()
+        self._add(f"{key}.npz", encode_frames(frames_THW3))
+        self._add(f"{key}.json", json.dumps(record).encode())
+        self.count += 1
+        if self.count >= self.max_count:
+            self._close()
+
+    def close(self) -> None:
+        self._close()
+
+    def abort(self) -> None:
+        """Drop the shard being written (used when the writer fails part-way)."""
+        if self._tar is not None and self._tmp is not None:
+            self._tar.close()
+            Path(self._tmp).unlink(missing_ok=True)
+            self._tar, self._tmp = None, None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """Every ``(key, frames_THW3, record)`` of one local shard, in order (no streaming machinery)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, _, ext = member.name.partition(".")
+            f = tar.extractfile(member)
+            assert f is not None
+            if key not in samples:
+                samples[key] = {}
+                order.append(key)
+            samples[key][ext] = f.read()
+    for key in order:
+        yield key, decode_frames(samples[key]["npz"]), json.loads(samples[key]["json"])

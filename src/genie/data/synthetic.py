@@ -1,0 +1,276 @@
+"""A procedurally generated 2D platformer: the embedded default dataset (no download).
+
+Every world is drawn from a seed: a colour theme, a parallax background of hills and clouds, a textured
+ground with gaps, floating platforms at random heights, coins, and a player sprite with gravity and jumps.
+A random policy with action persistence drives the player over a small real action set, and the true
+action of every transition is recorded so that latent actions can be evaluated against it.
+
+Pure numpy; deterministic per seed. Frames render at a logical height of 64 px and are resampled
+(nearest neighbour) to any requested size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genie.data.shards import FPS, ShardWriter, clip_record
+
+ACTIONS = ("noop", "left", "right", "jump", "left+jump", "right+jump")
+NUM_ACTIONS = len(ACTIONS)
+
+_LOGICAL_H = 64
+# fmt: off
+_THEMES = (  # sky, far hills, clouds, ground, ground texture, platform, platform edge
+    ((110, 170, 255), (80, 150, 90), (240, 245, 255), (150, 95, 45), (120, 70, 30), (200, 120, 60), (90, 50, 20)),
+    ((255, 190, 120), (200, 110, 80), (255, 225, 190), (95, 75, 60), (70, 55, 45), (170, 140, 100), (60, 45, 30)),
+    ((20, 25, 60), (45, 50, 100), (110, 110, 150), (60, 60, 80), (40, 40, 55), (120, 120, 170), (200, 200, 240)),
+    ((180, 230, 240), (140, 200, 210), (255, 255, 255), (230, 240, 250), (170, 200, 220), (100, 160, 200), (40, 90, 140)),
+    ((60, 20, 20), (110, 40, 30), (160, 80, 60), (40, 30, 30), (90, 30, 20), (200, 80, 40), (255, 170, 60)),
+)
+# fmt: on
+_PLAYER = np.array(
+    [  # 0 transparent, 1 body, 2 face, 3 eye, 4 shoes
+        [0, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1, 1],
+        [1, 2, 2, 2, 3, 1],
+        [1, 2, 2, 2, 2, 1],
+        [1, 1, 1, 1, 1, 1],
+        [0, 1, 1, 1, 1, 0],
+        [0, 1, 0, 0, 1, 0],
+        [0, 4, 0, 0, 4, 0],
+    ],
+    dtype=np.uint8,
+)
+_PLAYER_COLOURS = np.array([[0, 0, 0], [220, 30, 40], [250, 210, 170], [10, 10, 10], [40, 40, 200]], np.uint8)
+_COIN = (250, 215, 0)
+
+_GRAVITY = 0.6
+_JUMP_SPEED = 5.2
+_RUN_SPEED = 2.0
+_MAX_FALL = 6.0
+
+
+@dataclass
+class PlatformerConfig:
+    """Knobs of the synthetic world and its random policy."""
+
+    height: int = 64
+    width: int = 64
+    world_width: int = 1536  # logical pixels
+    action_repeat_prob: float = 0.75  # chance that the policy keeps its last action
+    num_platforms: int = 28
+    num_gaps: int = 6
+    num_coins: int = 20
+
+
+class PlatformerWorld:
+    """One world: static layers rendered once, the player simulated and composited per frame."""
+
+    def __init__(self, seed: int, cfg: PlatformerConfig | None = None) -> None:
+        self.cfg = cfg or PlatformerConfig()
+        self.rng = np.random.default_rng(seed)
+        self.view_w = max(16, round(_LOGICAL_H * self.cfg.width / self.cfg.height))
+        ww = max(self.cfg.world_width, 4 * self.view_w)
+        self.world_w = ww
+        theme = _THEMES[int(self.rng.integers(len(_THEMES)))]
+        self._build_layers(theme)
+        self.x = float(self.rng.integers(self.view_w // 2, ww - self.view_w // 2))
+        self.y = float(self._surface_below(self.x, 0.0)) - _PLAYER.shape[0]
+        self.vy = 0.0
+        self.facing = 1
+
+    def _build_layers(self, theme: tuple[tuple[int, int, int], ...]) -> None:
+        sky, hills, clouds, ground, texture, platform, edge = (np.array(c, np.uint8) for c in theme)
+        rng, h, ww = self.rng, _LOGICAL_H, self.world_w
+        # Parallax background (scrolls at half speed): sky, rolling hills, clouds.
+        bw = ww // 2 + self.view_w
+        bg = np.empty((h, bw, 3), np.uint8)
+        bg[:] = sky
+        xs = np.arange(bw)
+        phase, period, amp = rng.uniform(0, 6.3), rng.uniform(40, 90), rng.uniform(5, 10)
+        hill_top = (h * 0.55 + amp * np.sin(xs / period * 2 * np.pi + phase)).astype(int)
+        rows = np.arange(h)[:, None]
+        bg[rows >= hill_top[None]] = hills
+        for _ in range(bw // 40):
+            cx, cy = int(rng.integers(0, bw)), int(rng.integers(4, h // 3))
+            cw, ch = int(rng.integers(8, 18)), int(rng.integers(3, 6))
+            bg[cy : cy + ch, cx : cx + cw] = clouds
+        self.background = bg
+        # Foreground: ground with gaps and a stripe texture (so horizontal motion is visible), platforms, coins.
+        fg = np.zeros((h, ww, 3), np.uint8)
+        solid = np.zeros((h, ww), bool)
+        self.ground_y = h - 10
+        solid[self.ground_y :, :] = True
+        for _ in range(self.cfg.num_gaps):
+            gx = int(rng.integers(self.view_w, ww - self.view_w))
+            solid[self.ground_y :, gx : gx + int(rng.integers(8, 16))] = False
+        fg[solid] = ground
+        stripes = ((np.arange(ww) // 4) % 2 == 0)[None] & solid & (np.arange(h)[:, None] >= self.ground_y + 2)
+        fg[stripes] = texture
+        fg[self.ground_y, solid[self.ground_y]] = edge
+        for _ in range(self.cfg.num_platforms):
+            px, pw = int(rng.integers(0, ww - 24)), int(rng.integers(12, 28))
+            py = int(rng.integers(self.ground_y - 36, self.ground_y - 10))
+            solid[py : py + 4, px : px + pw] = True
+            fg[py : py + 4, px : px + pw] = platform
+            fg[py, px : px + pw] = edge
+        for _ in range(self.cfg.num_coins):
+            cx, cy = int(rng.integers(0, ww - 3)), int(rng.integers(self.ground_y - 40, self.ground_y - 4))
+            if not solid[cy : cy + 3, cx : cx + 3].any():
+                fg[cy : cy + 3, cx : cx + 3] = _COIN
+        self.foreground, self.solid = fg, solid
+        self.opaque = np.asarray(fg.any(-1), dtype=bool)
+
+    def _surface_below(self, x: float, y: float) -> int:
+        """Top row of the first solid cell under the player's feet at or below ``y`` (or the floor of the world)."""
+        cols = slice(int(x), int(x) + _PLAYER.shape[1])
+        solid_rows = np.nonzero(self.solid[int(max(y, 0)) :, cols].any(1))[0]
+        return int(max(y, 0)) + int(solid_rows[0]) if len(solid_rows) else _LOGICAL_H + 20
+
+    def step(self, action: int) -> None:
+        """Advance physics by one frame (1/10 s of game time at the dataset's 10 FPS)."""
+        name = ACTIONS[action]
+        ph, pw = _PLAYER.shape
+        dx = (-_RUN_SPEED if "left" in name else 0.0) + (_RUN_SPEED if "right" in name else 0.0)
+        if dx:
+            self.facing = 1 if dx > 0 else -1
+            nx = float(np.clip(self.x + dx, 0, self.world_w - pw))
+            body = self.solid[int(max(self.y, 0)) : int(self.y) + ph - 1, int(nx) : int(nx) + pw]
+            if not body.any():
+                self.x = nx
+        feet = int(self.y) + ph
+        on_ground = 0 <= feet < _LOGICAL_H and self.solid[feet, int(self.x) : int(self.x) + pw].any()
+        if "jump" in name and on_ground:
+            self.vy = -_JUMP_SPEED
+        self.vy = min(self.vy + _GRAVITY, _MAX_FALL)
+        ny = self.y + self.vy
+        if self.vy > 0:  # falling: land on the first surface crossed
+            surface = self._surface_below(self.x, self.y + ph)
+            if ny + ph >= surface:
+                ny, self.vy = float(surface - ph), 0.0
+        elif ny < 0:
+            ny, self.vy = 0.0, 0.0
+        self.y = ny
+        if self.y > _LOGICAL_H + 8:  # fell through a gap: respawn on the ground
+            self.x = float(np.clip(self.x + 24 * self.facing, 0, self.world_w - pw))
+            self.y, self.vy = -float(ph), 0.0
+
+    def render(self) -> np.ndarray:
+        """The current view as ``frame_HW3`` uint8 at the configured size."""
+        vw, ph, pw = self.view_w, *_PLAYER.shape
+        cam = int(np.clip(self.x + pw / 2 - vw / 2, 0, self.world_w - vw))
+        bg = self.background[:, cam // 2 : cam // 2 + vw]
+        fg = self.foreground[:, cam : cam + vw]
+        frame = np.where(self.opaque[:, cam : cam + vw, None], fg, bg)
+        sprite = _PLAYER[:, ::-1] if self.facing < 0 else _PLAYER
+        top, left = round(self.y), int(self.x) - cam
+        r0, r1 = max(top, 0), min(top + ph, _LOGICAL_H)
+        if r1 > r0:
+            s = sprite[r0 - top : r1 - top, : max(0, min(pw, vw - left))]
+            region = frame[r0:r1, left : left + s.shape[1]]
+            region[s > 0] = _PLAYER_COLOURS[s[s > 0]]
+        if (self.cfg.height, self.cfg.width) != (_LOGICAL_H, vw):
+            rows = (np.arange(self.cfg.height) * _LOGICAL_H // self.cfg.height).clip(0, _LOGICAL_H - 1)
+            cols = (np.arange(self.cfg.width) * vw // self.cfg.width).clip(0, vw - 1)
+            frame = frame[rows][:, cols]
+        return np.ascontiguousarray(frame)
+
+
+def random_policy(rng: np.random.Generator, steps: int, repeat_prob: float) -> np.ndarray:
+    """Actions with persistence: keep the last action with ``repeat_prob``, else draw uniformly."""
+    actions = np.empty(steps, np.int64)
+    a = int(rng.integers(NUM_ACTIONS))
+    for i in range(steps):
+        if rng.random() > repeat_prob:
+            a = int(rng.integers(NUM_ACTIONS))
+        actions[i] = a
+    return actions
+
+
+def generate_episode(
+    seed: int, num_frames: int, cfg: PlatformerConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One world played by the random policy: ``frames_THW3`` uint8 and ``actions_(T-1)`` (action t → frame t+1)."""
+    world = PlatformerWorld(seed, cfg)
+    actions = random_policy(world.rng, num_frames - 1, world.cfg.action_repeat_prob)
+    frames = np.empty((num_frames, world.cfg.height, world.cfg.width, 3), np.uint8)
+    frames[0] = world.render()
+    for t, a in enumerate(actions):
+        world.step(int(a))
+        frames[t + 1] = world.render()
+    return frames, actions
+
+
+def generate_clips(
+    seed: int,
+    num_clips: int,
+    clip_frames: int = 16,
+    clips_per_episode: int = 10,
+    cfg: PlatformerConfig | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, int]]]:
+    """Yield ``(frames_THW3, actions_(T-1), info)`` clips; each episode (one world) is cut into consecutive clips."""
+    made, episode = 0, 0
+    while made < num_clips:
+        ep_seed = int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+        n = min(clips_per_episode, num_clips - made)
+        frames, actions = generate_episode(ep_seed, n * clip_frames, cfg)
+        for c in range(n):
+            s = c * clip_frames
+            info = {"episode": episode, "episode_seed": ep_seed, "start_frame": s}
+            yield frames[s : s + clip_frames], actions[s : s + clip_frames - 1], info
+            made += 1
+        episode += 1
+
+
+def write_synthetic_shards(
+    out_dir: str | Path,
+    train_clips: int = 2000,
+    val_clips: int = 200,
+    clips_per_shard: int = 100,
+    height: int = 64,
+    width: int = 64,
+    seed: int = 0,
+    clip_frames: int = 16,
+) -> dict[str, Any]:
+    """Write ``train-*.tar`` and ``val-*.tar`` shards of platformer clips (val worlds are unseen in train).
+
+    Idempotent: a ``manifest.json`` is written last; when it exists with the same settings nothing is redone.
+    """
+    out = Path(out_dir)
+    settings = {
+        "generator": "genie.data.synthetic",
+        "train_clips": train_clips,
+        "val_clips": val_clips,
+        "clips_per_shard": clips_per_shard,
+        "height": height,
+        "width": width,
+        "seed": seed,
+        "clip_frames": clip_frames,
+        "fps": FPS,
+        "actions": list(ACTIONS),
+    }
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("settings") == settings and all((out / p).exists() for p in manifest["shards"]):
+            return manifest
+    cfg = PlatformerConfig(height=height, width=width)
+    shards: list[str] = []
+    for split, n, split_seed in (("train", train_clips, seed), ("val", val_clips, seed + 1_000_003)):
+        with ShardWriter(str(out / f"{split}-%06d.tar"), max_count=clips_per_shard) as writer:
+            for i, (frames, actions, info) in enumerate(generate_clips(split_seed, n, clip_frames, cfg=cfg)):
+                record = clip_record(frames, source=f"synthetic-platformer/{split}", actions=actions, **info)
+                writer.write(f"{split}{i:08d}", frames, record)
+        shards += [Path(p).name for p in writer.paths]
+    manifest = {"settings": settings, "shards": shards}
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, manifest_path)
+    return manifest

@@ -1,0 +1,6 @@
+"""Thin LightningModules: optimisation, schedules, logging and metrics; the models live in genie.models."""
+
+from genie.lightning.common import OptimConfig
+from genie.lightning.tokenizer import TokenizerModule
+
+__all__ = ["OptimConfig", "TokenizerModule"]

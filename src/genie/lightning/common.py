@@ -1,0 +1,113 @@
+"""What every stage's LightningModule shares: the optimiser, the LR schedule, media writing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup, then constant or cosine (paper: tokenizer constant 3e-4 after 10k warmup,
+    betas (0.9, 0.9), wd 1e-4; dynamics cosine 3e-5 → 3e-6 after 5k warmup)."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.9)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 10_000
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = 0.0  # cosine end point
+    total_steps: int = 300_000  # cosine length
+
+    def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+
+
+def as_dataclass(cls: Any, value: Any) -> Any:
+    """Build ``cls`` from an instance or a mapping (Hydra/YAML gives mappings); unknown keys are an error."""
+    if isinstance(value, cls):
+        return value
+    value = dict(value or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {unknown}; valid options are {sorted(known)}")
+    return cls(**value)
+
+
+def plain_data(value: Any) -> Any:
+    """Dataclasses → dicts, recursively, so checkpoints hold plain data (loadable with weights_only=True)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, dict):
+        return {k: plain_data(v) for k, v in value.items()}
+    return value
+
+
+def lr_factor(step: int, cfg: OptimConfig) -> float:
+    """Multiplier of ``cfg.lr`` at ``step``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> dict[str, Any]:
+    """AdamW (weight decay on matrices only, not on norms, biases, codebooks or position tables) + schedule."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_matrix = p.ndim >= 2 and "codebook" not in name and "positions" not in name
+        (decay if is_matrix else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def to_uint8_frames(video_TCHW: Tensor) -> np.ndarray:
+    """[0, 1] float frames → ``frames_THW3`` uint8."""
+    return (video_TCHW.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def video_grid(videos: list[Tensor], scale: int = 2) -> np.ndarray:
+    """Stack videos (each ``video_BTCHW``) as rows: returns ``frames_THW3`` where each frame is a grid
+    with one row per (video, batch item) pair."""
+    rows = []
+    for v in videos:
+        for b in range(v.shape[0]):
+            rows.append(to_uint8_frames(v[b]))
+    grid = np.concatenate(rows, axis=1)  # stack along height
+    if scale > 1:
+        grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
+    return grid
+
+
+def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
+    """Write an animated GIF (looping) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f) for f in frames_THW3]
+    tmp = path.with_name(path.name + ".tmp")
+    images[0].save(
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
+    tmp.replace(path)
+    return path

@@ -1,0 +1,5 @@
+"""The Genie models in pure torch: video tokenizer, latent action model, dynamics, and the composed world."""
+
+from genie.models.tokenizer import TokenizerConfig, TokenizerOutput, VideoTokenizer
+
+__all__ = ["TokenizerConfig", "TokenizerOutput", "VideoTokenizer"]

@@ -1,0 +1,120 @@
+"""The Hydra training entry, end to end in a subprocess; the Lightning module on its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from genie.lightning import TokenizerModule
+from genie.lightning.common import OptimConfig, as_dataclass, lr_factor
+
+TINY_DATA = [
+    "data.synthetic.train_clips=24",
+    "data.synthetic.val_clips=8",
+    "data.synthetic.clips_per_shard=8",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.val_batch_size=2",
+]
+
+
+def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "genie.train",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "callbacks.rich_progress_bar=null",
+        *overrides,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_tokenizer_tiny_two_steps_writes_checkpoint(tmp_path: Path) -> None:
+    proc = run_train(
+        tmp_path,
+        "+experiment=tokenizer_tiny",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        *TINY_DATA,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    assert 0 < metrics["val/psnr"] < 60 and 0 <= metrics["val/ssim"] <= 1
+    assert "[genie]" in proc.stdout and "val/psnr" in proc.stdout
+    assert list((run / "logs" / "media").glob("recon_step*.gif"))
+    # the checkpoint holds plain data only: safe loading works
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 2
+
+
+def test_lightning_module_fit_two_steps(tmp_path: Path) -> None:
+    model = {
+        "image_size": [16, 16],
+        "patch": 4,
+        "num_codes": 32,
+        "code_dim": 8,
+        "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
+        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
+    }
+    module = TokenizerModule(model=model, optim={"lr": 1e-3, "warmup_steps": 1})
+    data = [
+        {"video": torch.rand(3, 16, 16).expand(2, 3, 16, 16).clone(), "actions": torch.zeros(1).long()}
+    ] * 4
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert trainer.global_step == 2
+    results = trainer.validate(module, dataloaders=loader, verbose=False)
+    assert {"val/psnr", "val/ssim", "val/recon_mse"} <= set(results[0])
+
+
+def test_lr_schedule() -> None:
+    const = OptimConfig(lr=1.0, warmup_steps=10, schedule="constant")
+    assert (
+        lr_factor(0, const) == pytest.approx(0.1)
+        and lr_factor(9, const) == 1.0
+        and lr_factor(10**6, const) == 1.0
+    )
+    cos = OptimConfig(lr=3e-5, min_lr=3e-6, warmup_steps=5, schedule="cosine", total_steps=105)
+    assert lr_factor(5, cos) == pytest.approx(1.0)
+    assert lr_factor(55, cos) == pytest.approx((1 + 0.1) / 2)
+    assert lr_factor(105, cos) == pytest.approx(0.1) and lr_factor(500, cos) == pytest.approx(0.1)
+
+
+def test_unknown_option_is_named() -> None:
+    with pytest.raises(ValueError, match=r"unknown OptimConfig option\(s\) \['learning_rate'\]"):
+        as_dataclass(OptimConfig, {"learning_rate": 1.0})
+
+
+def test_short_window_views() -> None:
+    model = {
+        "image_size": [8, 8],
+        "num_codes": 8,
+        "code_dim": 4,
+        "encoder": {"dim": 16, "depth": 1, "num_heads": 2},
+        "decoder": {"dim": 16, "depth": 1, "num_heads": 2},
+    }
+    module = TokenizerModule(model=model, short_window=2, long_clips=1)
+    video = torch.rand(5, 16, 3, 8, 8)
+    short, long = module.training_views(video)
+    assert short.shape == (4, 2, 3, 8, 8) and long.shape == (1, 16, 3, 8, 8)
+    assert torch.equal(long, video[:1])
+    assert any(torch.equal(short[0], video[1, s : s + 2]) for s in range(15))
+    assert TokenizerModule(model=model).training_views(video)[0] is video
