@@ -225,3 +225,11 @@ def test_datamodule_missing_shards_error(tmp_path: Path) -> None:
     dm = ClipDataModule(train_shards=str(tmp_path / "nope-*.tar"))
     with pytest.raises(FileNotFoundError, match="no shards match"):
         dm.prepare_data()
+
+
+def test_regenerating_with_other_settings_removes_stale_shards(tmp_path: Path) -> None:
+    write_synthetic_shards(tmp_path, train_clips=30, val_clips=4, clips_per_shard=5)
+    assert len(list(tmp_path.glob("train-*.tar"))) == 6
+    write_synthetic_shards(tmp_path, train_clips=20, val_clips=4, clips_per_shard=10)
+    assert len(list(tmp_path.glob("train-*.tar"))) == 2
+    assert sum(1 for p in tmp_path.glob("train-*.tar") for _ in read_shard(p)) == 20

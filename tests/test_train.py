@@ -118,3 +118,20 @@ def test_short_window_views() -> None:
     assert torch.equal(long, video[:1])
     assert any(torch.equal(short[0], video[1, s : s + 2]) for s in range(15))
     assert TokenizerModule(model=model).training_views(video)[0] is video
+
+
+@pytest.mark.slow
+def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "tools" / "benchmark.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert result["matmul_flops_per_s"] > 0
+    assert 0 < result["tokenizer_train_step"]["fraction_of_matmul"] < 1.5
+    assert all(r["full_over_st"] > 0 for r in result["st_vs_full_attention"])
+    assert "| matmul fp32 |" in (tmp_path / "benchmark.md").read_text()

@@ -24,7 +24,13 @@ STAGES: dict[str, tuple[str, list[str], list[str]]] = {
     "tokenizer": (
         "tokenizer_tiny",
         [],
-        ["trainer.max_steps=30", "trainer.val_check_interval=30", "data.synthetic.train_clips=200"],
+        [
+            "trainer.max_steps=30",
+            "trainer.val_check_interval=30",
+            "data.synthetic.train_clips=200",
+            "data.synthetic.val_clips=16",
+            "data.synthetic.clips_per_shard=16",
+        ],
     ),
 }
 
@@ -58,7 +64,7 @@ def run_stage(name: str, out_root: Path, fast: bool, extra: list[str]) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     fast = os.environ.get("DEMO_FAST", "0") not in ("", "0")
-    out_root = Path(os.environ.get("DEMO_DIR", "demo")).resolve()
+    out_root = Path(os.environ.get("DEMO_DIR", "demo-fast" if fast else "demo")).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     results = {name: run_stage(name, out_root, fast, args) for name in STAGES}

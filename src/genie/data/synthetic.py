@@ -261,6 +261,8 @@ def write_synthetic_shards(
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("settings") == settings and all((out / p).exists() for p in manifest["shards"]):
             return manifest
+    for stale in [*out.glob("train-*.tar"), *out.glob("val-*.tar")]:  # other settings: start afresh
+        stale.unlink()
     cfg = PlatformerConfig(height=height, width=width)
     shards: list[str] = []
     for split, n, split_seed in (("train", train_clips, seed), ("val", val_clips, seed + 1_000_003)):
