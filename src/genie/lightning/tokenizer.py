@@ -81,7 +81,7 @@ class TokenizerModule(L.LightningModule):
             weight = video.shape[0] * video.shape[1] / frames
             recon_loss = recon_loss + weight * F.mse_loss(out.recon, video)
             vq_loss = vq_loss + weight * out.vq.loss
-            stats = {
+            stats = stats or {  # usage statistics of the first (largest) view
                 "train/vq_commit": out.vq.commitment_loss,
                 "train/code_usage": out.vq.usage,
                 "train/perplexity": out.vq.perplexity,
