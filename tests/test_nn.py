@@ -363,3 +363,25 @@ def test_genie_nn_imports_without_lightning_or_hydra() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("mode", MODES)
+def test_prefix_tokens(mode: str, pos: str) -> None:
+    """An extra token per frame (e.g. an action) joins attention and keeps causality and caching intact."""
+    torch.manual_seed(0)
+    model = tiny(mode, pos)
+    x = torch.randn(1, 4, 13, 32)  # 1 prefix + 3×4 grid
+    y = model(x, (3, 4), prefix=1)
+    assert y.shape == x.shape
+    x2 = x.clone()
+    x2[:, 2, 0] = torch.randn(32)  # change only frame 2's prefix token
+    y2 = model(x2, (3, 4), prefix=1)
+    assert torch.equal(y[:, :2], y2[:, :2])
+    assert not torch.allclose(y[:, 2, 1:], y2[:, 2, 1:])  # the grid tokens of that frame see it
+    cache = KVCache()
+    head = model(x[:, :3], (3, 4), cache=cache, write_cache=True, prefix=1)
+    tail = model(x[:, 3:], (3, 4), cache=cache, prefix=1)
+    torch.testing.assert_close(torch.cat((head, tail), 1), y, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="0 prefix tokens has 12"):
+        model(x, (3, 4))

@@ -42,7 +42,8 @@ class LearnedPositions(nn.Module):
         for p in (self.rows, self.cols, self.frames):
             nn.init.normal_(p, std=0.02)
 
-    def forward(self, x_BTSD: Tensor, grid: tuple[int, int], t0: int = 0) -> Tensor:
+    def forward(self, x_BTSD: Tensor, grid: tuple[int, int], t0: int = 0, prefix: int = 0) -> Tensor:
+        """Add positions; the first ``prefix`` tokens of each frame get the frame position only."""
         t = x_BTSD.shape[1]
         gh, gw = grid
         if t0 + t > self.max_frames:
@@ -55,6 +56,8 @@ class LearnedPositions(nn.Module):
                 f"token grid {gh}x{gw} exceeds the learned maximum {self.max_grid}; raise max_grid"
             )
         spatial_SD = (self.rows[:gh, None, :] + self.cols[None, :gw, :]).reshape(gh * gw, -1)
+        if prefix:
+            spatial_SD = torch.cat((spatial_SD.new_zeros(prefix, spatial_SD.shape[1]), spatial_SD))
         frames_TD = self.frames[t0 : t0 + t]
         return x_BTSD + spatial_SD[None, None] + frames_TD[None, :, None]
 
@@ -88,9 +91,13 @@ def apply_rope(x_BHLK: Tensor, cos_LP: Tensor, sin_LP: Tensor) -> Tensor:
     return out.to(x_BHLK.dtype)
 
 
-def grid_positions(grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
-    """Row/column index of every token of an H×W grid, row-major: ``positions_S2``."""
+def grid_positions(grid: tuple[int, int], device: torch.device | None = None, prefix: int = 0) -> Tensor:
+    """Row/column index of every token of an H×W grid, row-major: ``positions_S2``; ``prefix`` extra tokens
+    in front sit at (-1, -1), just outside the grid."""
     gh, gw = grid
     rows = torch.arange(gh, device=device).repeat_interleave(gw)
     cols = torch.arange(gw, device=device).repeat(gh)
-    return torch.stack((rows, cols), dim=-1)
+    pos = torch.stack((rows, cols), dim=-1)
+    if prefix:
+        pos = torch.cat((torch.full((prefix, 2), -1, device=device, dtype=pos.dtype), pos))
+    return pos

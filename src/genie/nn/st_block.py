@@ -230,21 +230,27 @@ class STTransformer(nn.Module):
         grid: tuple[int, int],
         cache: KVCache | None = None,
         write_cache: bool = False,
+        prefix: int = 0,
     ) -> Tensor:
-        """Run the stack on ``x_BTSD`` (S = grid[0]·grid[1]).
+        """Run the stack on ``x_BTSD`` (S = prefix + grid[0]·grid[1]).
 
+        ``prefix`` tokens come first in every frame and sit outside the grid (e.g. a prepended action
+        token): they take part in all attention, with no spatial position of their own.
         With ``cache`` the frames in ``x`` follow the cached ones: they attend to them, and with
         ``write_cache`` their keys/values are appended (call once per frame that becomes context).
         """
         _, t, s, _ = x_BTSD.shape
-        if s != grid[0] * grid[1]:
-            raise ValueError(f"x has {s} tokens per frame but grid {grid} has {grid[0] * grid[1]}")
+        if s != prefix + grid[0] * grid[1]:
+            raise ValueError(
+                f"x has {s} tokens per frame but grid {grid} with {prefix} prefix tokens has "
+                f"{prefix + grid[0] * grid[1]}"
+            )
         t0 = cache.position if cache is not None else 0
         past_frames = cache.frames if cache is not None else 0
         if self.positions is not None:
-            x_BTSD = self.positions(x_BTSD, grid, t0)
+            x_BTSD = self.positions(x_BTSD, grid, t0, prefix)
         spatial_rope, temporal_rope, full_mask = self._position_tables(
-            t, t0, grid, past_frames, x_BTSD.device
+            t, t0, grid, past_frames, x_BTSD.device, prefix
         )
         for i, block in enumerate(self.blocks):
             past = cache.past(i) if cache is not None else None
@@ -273,10 +279,10 @@ class STTransformer(nn.Module):
         return self.norm(x_BTSD)
 
     def _position_tables(
-        self, t: int, t0: int, grid: tuple[int, int], past_frames: int, device: torch.device
+        self, t: int, t0: int, grid: tuple[int, int], past_frames: int, device: torch.device, prefix: int = 0
     ) -> tuple[Rope | None, Rope | None, Tensor | None]:
         cfg = self.cfg
-        s = grid[0] * grid[1]
+        s = prefix + grid[0] * grid[1]
         full_mask = None
         if cfg.attention == "full" and cfg.causal and (t > 1):
             full_mask = block_causal_mask(t, past_frames + t, s, device)
@@ -285,10 +291,10 @@ class STTransformer(nn.Module):
         hd = cfg.resolved_head_dim
         frames_T = torch.arange(t0, t0 + t, device=device)
         if cfg.attention == "full":
-            grid_S2 = grid_positions(grid, device)
+            grid_S2 = grid_positions(grid, device, prefix)
             pos_L3 = torch.cat((frames_T.repeat_interleave(s)[:, None], grid_S2.repeat(t, 1)), dim=-1)
             return rope_frequencies(pos_L3, hd, cfg.rope_base), None, full_mask
-        spatial = rope_frequencies(grid_positions(grid, device), hd, cfg.rope_base)
+        spatial = rope_frequencies(grid_positions(grid, device, prefix), hd, cfg.rope_base)
         temporal = rope_frequencies(frames_T[:, None], hd, cfg.rope_base)
         return spatial, temporal, full_mask
 
