@@ -17,13 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.nn import KVCache, STConfig, STTransformer
+from genie.nn import KVCache, STConfig, STTransformer, as_st_config
 
 ActionMode = Literal["add", "prepend"]
-
-
-def as_st(value: STConfig | dict[str, Any]) -> STConfig:
-    return value if isinstance(value, STConfig) else STConfig(**dict(value))
 
 
 @dataclass
@@ -42,7 +38,7 @@ class DynamicsConfig:
     def __post_init__(self) -> None:
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         self.mask_rate = (float(self.mask_rate[0]), float(self.mask_rate[1]))
-        self.transformer = as_st(self.transformer)
+        self.transformer = as_st_config(self.transformer)
         if self.action_mode not in ("add", "prepend"):
             raise ValueError(f"action_mode must be 'add' or 'prepend', got {self.action_mode!r}")
 

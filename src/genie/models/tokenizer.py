@@ -15,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.nn import QuantizerOutput, STConfig, STTransformer, VectorQuantizer, patchify, unpatchify
-
-
-def as_st_config(value: STConfig | dict[str, Any]) -> STConfig:
-    """Accept an STConfig or the plain mapping Hydra/YAML gives."""
-    return value if isinstance(value, STConfig) else STConfig(**dict(value))
+from genie.nn import (
+    QuantizerOutput,
+    STConfig,
+    STTransformer,
+    VectorQuantizer,
+    as_st_config,
+    patchify,
+    unpatchify,
+)
 
 
 @dataclass

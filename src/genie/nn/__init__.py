@@ -13,7 +13,7 @@ from genie.nn.embed import (
     unpatchify,
 )
 from genie.nn.quantize import QuantizerOutput, VectorQuantizer
-from genie.nn.st_block import MLP, KVCache, STBlock, STConfig, STTransformer, block_causal_mask
+from genie.nn.st_block import MLP, KVCache, STBlock, STConfig, STTransformer, as_st_config, block_causal_mask
 
 __all__ = [
     "MLP",
@@ -26,6 +26,7 @@ __all__ = [
     "STTransformer",
     "VectorQuantizer",
     "apply_rope",
+    "as_st_config",
     "block_causal_mask",
     "grid_positions",
     "patchify",

@@ -8,9 +8,9 @@ one attention over all T·S tokens, block-causal in time).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from einops import rearrange
@@ -74,6 +74,11 @@ class STConfig:
     def num_params(self) -> int:
         """Closed-form parameter count (equals ``sum(p.numel())`` of the built module)."""
         return STTransformer.param_formula(self)
+
+
+def as_st_config(value: STConfig | Mapping[str, Any]) -> STConfig:
+    """Accept an STConfig or the plain mapping Hydra/YAML gives."""
+    return value if isinstance(value, STConfig) else STConfig(**dict(value))
 
 
 class MLP(nn.Module):
