@@ -178,9 +178,8 @@ class VectorQuantizer(nn.Module):
         if _distributed():
             dist.all_reduce(counts_K)
         self.unused_steps.add_(1).masked_fill_(counts_K > 0, 0)
+        # counts are summed over ranks, so unused_steps (and dead_K) are already identical on every rank
         dead_K: Tensor = self.unused_steps >= self.dead_code_steps
-        if _distributed():
-            dist.broadcast(dead_K, src=0)
         n_dead = int(dead_K.sum())
         if n_dead == 0:
             return
