@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from genie.models import DynamicsConfig
 from genie.train import conf_dir
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
@@ -37,13 +38,73 @@ def test_experiment_composes_and_resolves(name: str) -> None:
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_model_builds_on_meta(name: str) -> None:
+# Later stages read earlier stages' checkpoints; on the meta device they get the partner configs instead.
+PARTNERS = {
+    "dynamics_tiny": ("tokenizer_tiny", "lam_tiny"),
+    "coinrun_dynamics": ("coinrun_tokenizer", "coinrun_lam"),
+}
+PAPER_PARTNERS = ("tokenizer_200m", "lam_300m")
+SCALING = {  # experiment: nominal params (Genie Fig. 9 and §3)
+    "dynamics_41m": 41e6,
+    "dynamics_96m": 96e6,
+    "dynamics_192m": 192e6,
+    "dynamics_404m": 404e6,
+    "dynamics_811m": 811e6,
+    "dynamics_1_6b": 1.6e9,
+    "dynamics_2_7b": 2.7e9,
+}
+
+
+def build_on_meta(name: str):  # type: ignore[no-untyped-def]
     cfg = compose_experiment(name)
     OmegaConf.resolve(cfg)
+    overrides = {}
+    if cfg.model._target_.endswith("DynamicsModule"):
+        tok, lam = PARTNERS.get(name, PAPER_PARTNERS)
+        tok_cfg, lam_cfg = compose_experiment(tok), compose_experiment(lam)
+        OmegaConf.resolve(tok_cfg)
+        OmegaConf.resolve(lam_cfg)
+        overrides = {
+            "tokenizer_model": OmegaConf.to_container(tok_cfg.model.model),
+            "lam_model": OmegaConf.to_container(lam_cfg.model.model),
+        }
     with torch.device("meta"):
-        module = instantiate(cfg.model)
+        return cfg, instantiate(cfg.model, **overrides)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_model_builds_on_meta(name: str) -> None:
+    _, module = build_on_meta(name)
     assert sum(p.numel() for p in module.parameters()) > 0
+
+
+def test_dynamics_11b_param_count_within_5_percent() -> None:
+    _, module = build_on_meta("dynamics_11b")
+    n = sum(p.numel() for p in module.model.parameters())
+    assert abs(n / 10.1e9 - 1) < 0.05, n
+    assert n == module.cfg.num_params()
+    st = module.cfg.st
+    assert (st.depth, st.num_heads, st.dim, st.resolved_head_dim) == (48, 36, 5120, 128)
+
+
+@pytest.mark.parametrize("name", sorted(SCALING))
+def test_scaling_sizes_within_15_percent(name: str) -> None:
+    cfg = compose_experiment(name)
+    OmegaConf.resolve(cfg)
+    values = OmegaConf.to_container(cfg.model.model)
+    n = DynamicsConfig(**values).num_params()  # type: ignore[arg-type]
+    assert abs(n / SCALING[name] - 1) < 0.15, (name, n)
+
+
+def test_lam_300m_uses_the_paper_dims() -> None:
+    _, module = build_on_meta("lam_300m")
+    cfg = module.cfg
+    assert (cfg.patch, cfg.num_actions, cfg.latent_dim, cfg.input) == (16, 8, 32, "pixels")
+    for st in (cfg.enc, cfg.dec):
+        assert (st.depth, st.dim, st.num_heads) == (20, 1024, 16)
+    n = sum(p.numel() for p in module.model.parameters())
+    attentions = 2 * 20 * 2 * 4 * 1024**2  # encoder+decoder x 20 blocks x 2 attentions x 4 d^2
+    assert n > 300e6 and n > attentions and n < 1.25 * attentions  # the README explains the excess
 
 
 def test_tokenizer_200m_param_count() -> None:

@@ -23,5 +23,7 @@ def test_demo_fast_runs_and_resumes(tmp_path: Path) -> None:
     assert "| tokenizer | val/psnr |" in (demo / "metrics.md").read_text()
     assert list((demo / "tokenizer" / "logs" / "media").glob("*.gif"))
     assert (demo / "tokenizer" / "checkpoints" / "last.ckpt").exists()
+    assert 0 <= metrics["lam"]["val/nmi"] <= 1 and "val/delta_psnr_t4" in metrics["dynamics"]
+    assert (demo / "play.gif").stat().st_size > 0
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 0 and "done already" in again.stdout

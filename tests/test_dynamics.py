@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 
-from genie.models.dynamics import DynamicsConfig, DynamicsModel
+from genie.models.dynamics import (
+    DynamicsConfig,
+    DynamicsModel,
+    Rollout,
+    SamplingConfig,
+    maskgit_schedule,
+)
 from genie.nn import KVCache, STConfig
 
 
@@ -100,3 +109,79 @@ def test_dynamics_11b_on_meta_within_5_percent() -> None:
     n = sum(p.numel() for p in model.parameters())
     assert n == cfg.num_params()
     assert abs(n / 10.1e9 - 1) < 0.05, n
+
+
+def test_maskgit_schedule_is_cosine_and_ends_unmasked() -> None:
+    left = maskgit_schedule(256, 25)
+    assert len(left) == 25 and left[-1] == 0
+    assert all(a > b for a, b in itertools.pairwise(left))
+    assert left[0] == math.floor(256 * math.cos(math.pi / 2 / 25))
+    assert maskgit_schedule(3, 25)[-1] == 0  # fewer tokens than steps still ends filled
+
+
+@pytest.mark.parametrize("temperature", [0.0, 2.0])
+def test_sampler_valid_ids_and_deterministic(temperature: float) -> None:
+    torch.manual_seed(0)
+    model = tiny()
+    prompt = torch.randint(0, 32, (2, 1, 3, 4))
+    actions = torch.randint(0, 4, (2, 3))
+    cfg = SamplingConfig(steps=5, temperature=temperature)
+    out1 = model.generate(prompt, actions, sampling=cfg, generator=torch.Generator().manual_seed(1))
+    out2 = model.generate(prompt, actions, sampling=cfg, generator=torch.Generator().manual_seed(1))
+    assert out1.shape == (2, 4, 3, 4)
+    assert torch.equal(out1, out2)
+    assert out1.min() >= 0 and out1.max() < 32  # never the mask id
+    assert torch.equal(out1[:, :1], prompt)
+
+
+@pytest.mark.parametrize("mode", ["add", "prepend"])
+@pytest.mark.parametrize("pos_emb", ["rope", "learned"])
+def test_cached_and_uncached_generation_agree(mode: str, pos_emb: str) -> None:
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(
+        num_codes=32,
+        grid=(3, 4),
+        num_actions=4,
+        action_mode=mode,  # type: ignore[arg-type]
+        transformer={"dim": 32, "depth": 2, "num_heads": 4, "pos_emb": pos_emb, "max_frames": 8},
+    )
+    model = DynamicsModel(cfg).eval()
+    prompt = torch.randint(0, 32, (2, 2, 3, 4))
+    prompt_actions = torch.randint(0, 4, (2, 1))
+    actions = torch.randint(0, 4, (2, 4))
+    outs = [
+        model.generate(
+            prompt,
+            actions,
+            prompt_actions,
+            SamplingConfig(steps=4, temperature=1.0, context_frames=8, use_cache=use_cache),
+            torch.Generator().manual_seed(3),
+        )
+        for use_cache in (True, False)
+    ]
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_rollout_slides_past_the_window() -> None:
+    torch.manual_seed(0)
+    for pos_emb in ("rope", "learned"):
+        cfg = DynamicsConfig(
+            num_codes=32,
+            grid=(2, 2),
+            num_actions=4,
+            transformer={"dim": 32, "depth": 1, "num_heads": 4, "pos_emb": pos_emb, "max_frames": 4},
+        )
+        model = DynamicsModel(cfg).eval()
+        rollout = Rollout(model, SamplingConfig(steps=2, context_frames=4))
+        rollout.start(torch.randint(0, 32, (1, 1, 2, 2)))
+        for i in range(7):
+            rollout.step(torch.tensor([i % 4]))
+        assert rollout.tokens.shape == (1, 8, 2, 2)
+        assert rollout.cache is not None and rollout.cache.frames == 3
+        with pytest.raises(ValueError, match="action ids"):
+            rollout.step(torch.tensor([4]))
+
+
+def test_multi_frame_prompt_needs_actions() -> None:
+    with pytest.raises(ValueError, match="needs the 2 actions"):
+        tiny().generate(torch.randint(0, 32, (1, 3, 3, 4)), torch.zeros(1, 1, dtype=torch.long))

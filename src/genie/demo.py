@@ -19,18 +19,31 @@ from omegaconf import OmegaConf
 
 from genie.train import conf_dir, train
 
-# stage name → (experiment, overrides for the full demo, extra overrides for DEMO_FAST)
+FAST_DATA = [  # DEMO_FAST: a small dataset shared by every stage
+    "data.synthetic.train_clips=200",
+    "data.synthetic.val_clips=16",
+    "data.synthetic.clips_per_shard=16",
+]
+
+# stage name → (experiment, overrides for the full demo, extra overrides for DEMO_FAST); "{root}" is the demo folder
 STAGES: dict[str, tuple[str, list[str], list[str]]] = {
     "tokenizer": (
         "tokenizer_tiny",
         [],
+        ["trainer.max_steps=30", "trainer.val_check_interval=30"],
+    ),
+    "lam": (
+        "lam_tiny",
+        [],
+        ["trainer.max_steps=20", "trainer.val_check_interval=20"],
+    ),
+    "dynamics": (
+        "dynamics_tiny",
         [
-            "trainer.max_steps=30",
-            "trainer.val_check_interval=30",
-            "data.synthetic.train_clips=200",
-            "data.synthetic.val_clips=16",
-            "data.synthetic.clips_per_shard=16",
+            "model.tokenizer_ckpt={root}/tokenizer/checkpoints/last.ckpt",
+            "model.lam_ckpt={root}/lam/checkpoints/last.ckpt",
         ],
+        ["trainer.max_steps=20", "trainer.val_check_interval=20", "model.sampling.steps=4"],
     ),
 }
 
@@ -51,14 +64,37 @@ def run_stage(name: str, out_root: Path, fast: bool, extra: list[str]) -> dict[s
                 f"paths.output_dir={out_dir}",
                 f"paths.data_dir={data_dir}",
                 "callbacks.rich_progress_bar=null",
-                *overrides,
-                *(fast_overrides if fast else []),
+                *(o.format(root=out_root) for o in overrides),
+                *((FAST_DATA + fast_overrides) if fast else []),
                 *extra,
             ],
         )
     OmegaConf.resolve(cfg)
     print(f"[demo] {name}: training {experiment} → {out_dir}")
     return train(cfg)
+
+
+def play_gif(out_root: Path, clips: int = 2, seed: int = 0) -> Path:
+    """Play the trained world from held-out first frames; rows per clip: the real clip, the world driven by
+    the latent actions the LAM infers from that clip, and the world driven by random latent actions."""
+    import torch
+
+    from genie.data.pipeline import ClipStream
+    from genie.lightning.common import save_gif, video_grid
+    from genie.models import Genie
+
+    genie = Genie.from_checkpoints(out_root / "dynamics" / "checkpoints" / "last.ckpt")
+    stream = ClipStream(
+        str(out_root / "data" / "synthetic-64" / "val-*.tar"), frames=16, size=genie.image_size
+    )
+    real = torch.stack([clip["video"] for _, clip in zip(range(clips), stream, strict=False)])
+    inferred = genie.infer_actions(real)
+    g = torch.Generator().manual_seed(seed)
+    random_actions = torch.randint(0, genie.num_actions, inferred.shape, generator=g)
+    played = genie.rollout(inferred, prompt=real[:, 0], seed=seed)
+    wandering = genie.rollout(random_actions, prompt=real[:, 0], seed=seed)
+    rows = [torch.stack((r, p, w)) for r, p, w in zip(real, played, wandering, strict=True)]
+    return save_gif(video_grid(rows), out_root / "play.gif", fps=5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(f"\n[demo] finished in {time.time() - start:.0f}s; everything is under {out_root}")
     print(f"[demo] metrics: {summary} and {out_root / 'metrics.md'}")
-    print(f"[demo] reconstructions: {out_root / 'tokenizer' / 'logs' / 'media'}")
+    gif = play_gif(out_root)
+    print(f"[demo] reconstructions and rollouts: {out_root}/*/logs/media/")
+    print(f"[demo] the world being played (rows: real clip | inferred latent actions | random ones): {gif}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """A procedurally generated 2D platformer: the embedded default dataset (no download).
 
 Every world is drawn from a seed: a colour theme, a parallax background of hills and clouds, a textured
-ground with gaps, floating platforms at random heights, coins, and a player sprite with gravity and jumps.
+ground with gaps, floating platforms at random heights, coins, and a player sprite with gravity and jumps
+(its pose shows the buttons held: legs apart while running, a yellow body while jump is held).
 A random policy with action persistence drives the player over a small real action set, and the true
 action of every transition is recorded so that latent actions can be evaluated against it.
 
@@ -49,6 +50,11 @@ _PLAYER = np.array(
     dtype=np.uint8,
 )
 _PLAYER_COLOURS = np.array([[0, 0, 0], [220, 30, 40], [250, 210, 170], [10, 10, 10], [40, 40, 200]], np.uint8)
+# The sprite shows the buttons held, as platformer animations do: legs apart while running, and the body
+# lights up (yellow) while jump is held. Every action therefore leaves a visible trace in the next frame.
+_PLAYER_RUN = _PLAYER.copy()
+_PLAYER_RUN[6:] = [[1, 0, 0, 0, 0, 1], [4, 0, 0, 0, 0, 4]]
+_JUMP_BODY = np.array([250, 200, 20], np.uint8)
 _COIN = (250, 215, 0)
 
 _GRAVITY = 0.6
@@ -68,6 +74,8 @@ class PlatformerConfig:
     num_platforms: int = 28
     num_gaps: int = 6
     num_coins: int = 20
+    camera_deadzone: float = 0.0  # > 0: the camera scrolls only when the player leaves the middle band
+    parallax: float = 0.5  # background scroll speed relative to the foreground (1: no parallax)
 
 
 class PlatformerWorld:
@@ -85,12 +93,15 @@ class PlatformerWorld:
         self.y = float(self._surface_below(self.x, 0.0)) - _PLAYER.shape[0]
         self.vy = 0.0
         self.facing = 1
+        self.running = False
+        self.jump_held = False
+        self.cam = float(np.clip(self.x + _PLAYER.shape[1] / 2 - self.view_w / 2, 0, ww - self.view_w))
 
     def _build_layers(self, theme: tuple[tuple[int, int, int], ...]) -> None:
         sky, hills, clouds, ground, texture, platform, edge = (np.array(c, np.uint8) for c in theme)
         rng, h, ww = self.rng, _LOGICAL_H, self.world_w
         # Parallax background (scrolls at half speed): sky, rolling hills, clouds.
-        bw = ww // 2 + self.view_w
+        bw = int(ww * self.cfg.parallax) + self.view_w
         bg = np.empty((h, bw, 3), np.uint8)
         bg[:] = sky
         xs = np.arange(bw)
@@ -139,6 +150,7 @@ class PlatformerWorld:
         name = ACTIONS[action]
         ph, pw = _PLAYER.shape
         dx = (-_RUN_SPEED if "left" in name else 0.0) + (_RUN_SPEED if "right" in name else 0.0)
+        self.running, self.jump_held = bool(dx), "jump" in name
         if dx:
             self.facing = 1 if dx > 0 else -1
             nx = float(np.clip(self.x + dx, 0, self.world_w - pw))
@@ -161,21 +173,38 @@ class PlatformerWorld:
         if self.y > _LOGICAL_H + 8:  # fell through a gap: respawn on the ground
             self.x = float(np.clip(self.x + 24 * self.facing, 0, self.world_w - pw))
             self.y, self.vy = -float(ph), 0.0
+        self._follow()
+
+    def _follow(self) -> None:
+        """Dead-zone camera (as in most platformers): scroll only to keep the player in the middle band."""
+        vw, pw = self.view_w, _PLAYER.shape[1]
+        margin = vw * (1 - self.cfg.camera_deadzone) / 2
+        centre = self.x + pw / 2
+        if centre - self.cam < margin:
+            self.cam = centre - margin
+        elif centre - self.cam > vw - margin:
+            self.cam = centre - (vw - margin)
+        self.cam = float(np.clip(self.cam, 0, self.world_w - vw))
 
     def render(self) -> np.ndarray:
         """The current view as ``frame_HW3`` uint8 at the configured size."""
         vw, ph, pw = self.view_w, *_PLAYER.shape
-        cam = int(np.clip(self.x + pw / 2 - vw / 2, 0, self.world_w - vw))
-        bg = self.background[:, cam // 2 : cam // 2 + vw]
+        cam = int(self.cam)
+        bx = int(cam * self.cfg.parallax)
+        bg = self.background[:, bx : bx + vw]
         fg = self.foreground[:, cam : cam + vw]
         frame = np.where(self.opaque[:, cam : cam + vw, None], fg, bg)
-        sprite = _PLAYER[:, ::-1] if self.facing < 0 else _PLAYER
+        sprite = _PLAYER_RUN if self.running else _PLAYER
+        sprite = sprite[:, ::-1] if self.facing < 0 else sprite
+        colours = _PLAYER_COLOURS.copy()
+        if self.jump_held:
+            colours[1] = _JUMP_BODY
         top, left = round(self.y), int(self.x) - cam
         r0, r1 = max(top, 0), min(top + ph, _LOGICAL_H)
         if r1 > r0:
             s = sprite[r0 - top : r1 - top, : max(0, min(pw, vw - left))]
             region = frame[r0:r1, left : left + s.shape[1]]
-            region[s > 0] = _PLAYER_COLOURS[s[s > 0]]
+            region[s > 0] = colours[s[s > 0]]
         if (self.cfg.height, self.cfg.width) != (_LOGICAL_H, vw):
             rows = (np.arange(self.cfg.height) * _LOGICAL_H // self.cfg.height).clip(0, _LOGICAL_H - 1)
             cols = (np.arange(self.cfg.width) * vw // self.cfg.width).clip(0, vw - 1)
@@ -246,6 +275,7 @@ def write_synthetic_shards(
     out = Path(out_dir)
     settings = {
         "generator": "genie.data.synthetic",
+        "version": 2,  # 2: the sprite shows the buttons held
         "train_clips": train_clips,
         "val_clips": val_clips,
         "clips_per_shard": clips_per_shard,

@@ -111,3 +111,34 @@ def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
     )
     tmp.replace(path)
     return path
+
+
+def resolve_checkpoint(pattern: str | Path | None, what: str, option: str) -> Path:
+    """A checkpoint path, or the newest file matching a glob (e.g. ``outputs/tokenizer_tiny/*/checkpoints/last.ckpt``).
+
+    ``what`` names the checkpoint and ``option`` the config key that sets it, for the error message.
+    """
+    if not pattern:
+        raise ValueError(f"no {what} checkpoint given; set {option}=PATH/TO/last.ckpt")
+    text = str(pattern)
+    if any(ch in text for ch in "*?["):
+        root = Path(text).anchor or "."
+        rel = text[len(Path(text).anchor) :] if Path(text).anchor else text
+        matches = sorted(Path(root).glob(rel), key=lambda p: p.stat().st_mtime)
+        if not matches:
+            raise FileNotFoundError(
+                f"no {what} checkpoint matches {text}; train that stage first or set {option}=PATH"
+            )
+        return matches[-1]
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint {path} does not exist; set {option}=PATH/TO/last.ckpt")
+    return path
+
+
+def random_window(t: int, window: int | None) -> tuple[int, int]:
+    """A random ``[start, stop)`` frame window of length ``window`` in a clip of ``t`` frames (all if None)."""
+    if window is None or window >= t:
+        return 0, t
+    start = int(torch.randint(0, t - window + 1, ()))
+    return start, start + window

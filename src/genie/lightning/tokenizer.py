@@ -45,7 +45,8 @@ class TokenizerModule(L.LightningModule):
         self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
         self.save_hyperparameters(
             {
-                "model": plain_data(model),
+                "stage": "tokenizer",
+                "model": plain_data(self.cfg),
                 "optim": plain_data(optim),
                 "short_window": short_window,
                 "long_clips": long_clips,

@@ -9,7 +9,8 @@ in front of its grid (``prepend``, which Jasmine found necessary for CoinRun). F
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -114,9 +115,20 @@ class DynamicsModel(nn.Module):
         ids_BTS = tokens_BTHW.reshape(b, t, h * w)
         if mask_BTS is not None:
             ids_BTS = ids_BTS.masked_fill(mask_BTS, self.mask_id)
-        x_BTSD = self.token_embed(ids_BTS)
         t0 = cache.position if cache is not None else 0
-        act_BTD = self.action_embed(self.frame_actions(actions_BT1, b, t, t0))
+        return self.forward_ids(ids_BTS, self.frame_actions(actions_BT1, b, t, t0), cache, write_cache)
+
+    def forward_ids(
+        self,
+        ids_BTS: Tensor,
+        frame_actions_BT: Tensor,
+        cache: KVCache | None = None,
+        write_cache: bool = False,
+    ) -> Tensor:
+        """Low-level forward: token ids (``mask_id`` where masked) and each frame's conditioning action id
+        (``num_actions`` = "no action yet"), as :meth:`frame_actions` builds them."""
+        x_BTSD = self.token_embed(ids_BTS)
+        act_BTD = self.action_embed(frame_actions_BT)
         if self.cfg.action_mode == "add":
             x_BTSD = x_BTSD + act_BTD[:, :, None]
         else:
@@ -146,3 +158,199 @@ class DynamicsModel(nn.Module):
         targets = tokens_BTHW.reshape(b, t, -1)
         loss = F.cross_entropy(logits[mask].float(), targets[mask]) if mask.any() else logits.sum() * 0
         return loss, logits, mask
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_tokens_BTHW: Tensor,
+        actions_BN: Tensor,
+        prompt_actions_BT1: Tensor | None = None,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Roll out ``N`` new frames after a prompt: returns ``tokens_B(T+N)HW`` (prompt included).
+
+        ``actions_BN[:, i]`` produces new frame i; ``prompt_actions_BT1`` are the T-1 actions between the
+        prompt's frames (required when the prompt has more than one frame).
+        """
+        rollout = Rollout(self, sampling)
+        rollout.start(prompt_tokens_BTHW, prompt_actions_BT1)
+        for i in range(actions_BN.shape[1]):
+            rollout.step(actions_BN[:, i], generator=generator)
+        return rollout.tokens
+
+
+@dataclass
+class SamplingConfig:
+    """MaskGIT sampling of one frame (Genie: 25 steps, temperature 2; CoinRun case study: temperature 1).
+
+    Each step samples every still-masked token from ``softmax(logits / temperature)`` (``temperature = 0``:
+    argmax), then keeps the ones the model is most confident in (the sampled token's probability) and
+    re-masks the rest; the number left masked follows the cosine schedule ``S·cos(π/2 · k/steps)``.
+    ``context_frames`` is the model's memory including the frame being generated (16 in the paper).
+    ``use_cache`` reuses the keys/values of past frames (a KV cache over the causal temporal attention),
+    so each step costs one frame instead of the whole window.
+    """
+
+    steps: int = 25
+    temperature: float = 2.0
+    context_frames: int = 16
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"sampling steps must be >= 1, got {self.steps}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.context_frames < 2:
+            raise ValueError(
+                f"context_frames must be >= 2 (a past frame and the new one), got {self.context_frames}"
+            )
+
+
+def maskgit_schedule(num_tokens: int, steps: int) -> list[int]:
+    """How many tokens are still masked after each step: cosine, strictly decreasing, 0 after the last."""
+    left, prev = [], num_tokens
+    for k in range(1, steps + 1):
+        n = math.floor(num_tokens * math.cos(math.pi / 2 * k / steps))
+        n = max(0, min(n, prev - 1)) if k < steps else 0
+        left.append(n)
+        prev = n
+    return left
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+@torch.no_grad()
+def maskgit_fill(
+    predict: Callable[[Tensor], Tensor],
+    batch: int,
+    num_tokens: int,
+    mask_id: int,
+    steps: int,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Fill one frame of ``num_tokens`` tokens from all-masked with MaskGIT; ``predict(ids_BS) -> logits_BSV``."""
+    device = device or torch.device("cpu")
+    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    for n_left in maskgit_schedule(num_tokens, steps):
+        logits = predict(ids).float()
+        logp = logits.log_softmax(-1)
+        if temperature > 0:  # Gumbel-max: a categorical draw from softmax(logits / temperature)
+            u = _uniform(tuple(logits.shape), generator, device).clamp_(1e-20, 1.0)
+            sampled = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+        else:
+            sampled = logits.argmax(-1)
+        conf = logp.gather(-1, sampled[..., None])[..., 0]
+        sampled = torch.where(masked, sampled, ids)
+        conf = torch.where(masked, conf, torch.full_like(conf, torch.inf))
+        remask = torch.zeros_like(masked)
+        if n_left > 0:
+            remask.scatter_(1, conf.argsort(dim=1)[:, :n_left], True)
+        ids = sampled.masked_fill(remask, mask_id)
+        masked = remask
+    return ids
+
+
+class Rollout:
+    """Frame-by-frame generation state of a :class:`DynamicsModel`: the frames so far and their actions.
+
+    With ``use_cache`` the past frames' keys/values are kept in a sliding :class:`KVCache` of
+    ``context_frames - 1`` frames; each MaskGIT step then runs the transformer on the new frame only, and the
+    finished frame is appended once. Without it, every step recomputes the window (the last
+    ``context_frames - 1`` frames, treated like a training clip: its first frame has "no action yet").
+    Both give the same frames while the rollout fits in the window; past it, the cache keeps keys computed
+    with the longer history (the usual sliding-window KV cache).
+    """
+
+    def __init__(self, model: DynamicsModel, sampling: SamplingConfig | None = None) -> None:
+        self.model = model
+        self.sampling = sampling or SamplingConfig()
+        self.frames: list[Tensor] = []  # ids_BS per frame
+        self.actions: list[Tensor] = []  # the action id that produced each frame (num_actions for the first)
+        self.cache: KVCache | None = None
+
+    @property
+    def tokens(self) -> Tensor:
+        """All frames so far, ``tokens_BTHW``."""
+        b = self.frames[0].shape[0]
+        return torch.stack(self.frames, 1).reshape(b, len(self.frames), *self.model.cfg.hw)
+
+    def _window(self) -> tuple[Tensor, Tensor]:
+        keep = self.sampling.context_frames - 1
+        ids = torch.stack(self.frames[-keep:], 1)
+        acts = torch.stack(self.actions[-keep:], 1).clone()
+        acts[:, 0] = self.model.cfg.num_actions
+        return ids, acts
+
+    def _prime(self) -> None:
+        self.cache = KVCache(max_frames=self.sampling.context_frames - 1)
+        ids, acts = self._window()
+        self.model.forward_ids(ids, acts, self.cache, write_cache=True)
+
+    @torch.no_grad()
+    def start(self, prompt_tokens_BTHW: Tensor, prompt_actions_BT1: Tensor | None = None) -> None:
+        """Begin from prompt frames (a single tokenized image is enough)."""
+        model = self.model
+        b, t, h, w = prompt_tokens_BTHW.shape
+        if (h, w) != model.cfg.hw:
+            raise ValueError(f"expected a {model.cfg.hw} token grid per frame, got {(h, w)}")
+        if t > 1 and prompt_actions_BT1 is None:
+            raise ValueError(
+                f"a {t}-frame prompt needs the {t - 1} actions between its frames (e.g. inferred by the LAM)"
+            )
+        acts_BT = model.frame_actions(prompt_actions_BT1 if t > 1 else None, b, t)
+        ids = prompt_tokens_BTHW.reshape(b, t, h * w).long()
+        self.frames = list(ids.unbind(1))
+        self.actions = list(acts_BT.unbind(1))
+        self.cache = None
+        if self.sampling.use_cache:
+            self._prime()
+
+    @torch.no_grad()
+    def step(self, actions_B: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Generate the next frame from ``actions_B`` (one action id per batch row); returns ``tokens_BHW``."""
+        if not self.frames:
+            raise RuntimeError("call start(prompt_tokens) before step()")
+        model, cfg = self.model, self.sampling
+        b = self.frames[0].shape[0]
+        actions_B = torch.as_tensor(actions_B, device=self.frames[0].device).long().reshape(-1)
+        if actions_B.shape[0] != b:
+            raise ValueError(f"expected {b} actions (one per rollout), got {actions_B.shape[0]}")
+        na = model.cfg.num_actions
+        if actions_B.min() < 0 or actions_B.max() >= na:
+            raise ValueError(f"action ids must be in [0, {na}), got {actions_B.tolist()}")
+        s = self.frames[0].shape[1]
+
+        if self.cache is not None:
+            cache = self.cache
+            act_B1 = actions_B[:, None]
+
+            def predict(ids_BS: Tensor) -> Tensor:
+                return model.forward_ids(ids_BS[:, None], act_B1, cache)[:, 0]
+
+        else:
+            past_ids, past_acts = self._window()
+            acts = torch.cat((past_acts, actions_B[:, None]), 1)
+
+            def predict(ids_BS: Tensor) -> Tensor:
+                return model.forward_ids(torch.cat((past_ids, ids_BS[:, None]), 1), acts)[:, -1]
+
+        new = maskgit_fill(
+            predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
+        )
+        self.frames.append(new)
+        self.actions.append(actions_B)
+        if self.cache is not None:
+            st = model.cfg.st
+            if st.pos_emb == "learned" and self.cache.position + 1 >= st.max_frames:
+                self._prime()  # learned frame positions cannot count past max_frames: re-encode the window
+            else:
+                model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
+        return new.reshape(b, *model.cfg.hw)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genie.nn import (
+    KVCache,
     QuantizerOutput,
     STConfig,
     STTransformer,
@@ -151,17 +152,21 @@ class VideoTokenizer(nn.Module):
         b, t = video_BTCHW.shape[:2]
         return vq.indices.reshape(b, t, *self.cfg.grid)
 
-    def decode(self, tokens_BTHW: Tensor) -> Tensor:
-        """Codebook ids → ``video_BTCHW`` in [0, 1] (clamped)."""
+    def decode(self, tokens_BTHW: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Codebook ids → ``video_BTCHW`` in [0, 1] (clamped).
+
+        With ``cache`` (a :class:`KVCache` of the causal decoder) the frames follow the ones decoded
+        before and are appended to it: frame-by-frame decoding at the cost of one frame.
+        """
         if tokens_BTHW.ndim != 4 or tuple(tokens_BTHW.shape[-2:]) != self.cfg.grid:
             raise ValueError(
                 f"expected tokens (B, T, {self.cfg.grid[0]}, {self.cfg.grid[1]}), got {tuple(tokens_BTHW.shape)}"
             )
         z = self.quantizer.lookup(tokens_BTHW.flatten(2))
-        return self._decode_vectors(z).clamp(0, 1)
+        return self._decode_vectors(z, cache).clamp(0, 1)
 
-    def _decode_vectors(self, z_BTSC: Tensor) -> Tensor:
-        x = self.decoder(self.from_code(z_BTSC), self.cfg.grid)
+    def _decode_vectors(self, z_BTSC: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = self.decoder(self.from_code(z_BTSC), self.cfg.grid, cache=cache, write_cache=cache is not None)
         pixels = unpatchify(self.to_pixels(x), self.cfg.patch, self.cfg.grid, self.cfg.channels)
         h, w = self.cfg.hw
         return (pixels[..., :h, :w] + 1) / 2

@@ -1,0 +1,273 @@
+"""Training the dynamics model: optimisation, logging and metrics only (the model is genie.models.dynamics).
+
+The tokenizer is frozen (loaded from its checkpoint). Actions come from a frozen latent action model
+(``actions: lam``, the paper's pipeline), from the clips' true actions (``actions: true``, a baseline), or
+from a LAM trained together with the dynamics (``actions: cotrain``; its discrete codes reach the dynamics
+model without a gradient — the paper's stop-gradient). The tokenizer and the LAM are saved in this stage's
+checkpoint, so it alone loads as a complete :class:`genie.models.Genie`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from genie.lightning.common import (
+    OptimConfig,
+    as_dataclass,
+    build_optimizer,
+    plain_data,
+    random_window,
+    resolve_checkpoint,
+    save_gif,
+    video_grid,
+)
+from genie.lightning.lam import _frozen_tokenizer
+from genie.metrics import ActionNMI
+from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
+from genie.models.io import config_from_dict, load_model
+from genie.models.lam import LAMConfig, LatentActionModel
+
+ActionSource = Literal["lam", "true", "cotrain"]
+
+
+def frame_psnr(a: Tensor, b: Tensor) -> Tensor:
+    """PSNR per example of ``frame_BCHW`` pairs in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+class DynamicsModule(L.LightningModule):
+    """MaskGIT objective on tokenizer tokens; logs token accuracy, and at validation generated rollouts:
+    PSNR vs the real clip at frame t = ``eval_t`` (1-based; frame 1 is the prompt) with inferred (or true) actions and with random ones,
+    their difference ΔtPSNR (controllability), and a GIF (real | inferred actions | random actions)."""
+
+    def __init__(
+        self,
+        model: dict[str, Any] | DynamicsConfig,
+        optim: dict[str, Any] | OptimConfig | None = None,
+        tokenizer_ckpt: str | None = None,
+        actions: ActionSource = "lam",
+        lam_ckpt: str | None = None,
+        lam: dict[str, Any] | None = None,
+        lam_loss_weight: float = 1.0,
+        train_frames: int | None = None,
+        sampling: dict[str, Any] | SamplingConfig | None = None,
+        eval_t: int = 4,
+        eval_batches: int | None = 2,
+        media_every_n_val: int = 1,
+        media_clips: int = 4,
+        tokenizer_model: dict[str, Any] | None = None,
+        lam_model: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if actions not in ("lam", "true", "cotrain"):
+            raise ValueError(f"model.actions must be 'lam', 'true' or 'cotrain', got {actions!r}")
+        self.tokenizer = _frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
+        self.lam: LatentActionModel | None = None
+        if actions == "lam":
+            if lam_model is not None:
+                self.lam = LatentActionModel(config_from_dict("lam", dict(lam_model)))
+            else:
+                loaded = load_model(
+                    resolve_checkpoint(lam_ckpt, "latent action model", "model.lam_ckpt"), "lam"
+                )
+                assert isinstance(loaded, LatentActionModel)
+                self.lam = loaded
+            self.lam.eval().requires_grad_(False)
+        elif actions == "cotrain":
+            self.lam = LatentActionModel(as_dataclass(LAMConfig, lam_model if lam_model is not None else lam))
+        self.cfg = self._dynamics_config(model)
+        self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
+        self.sampling: SamplingConfig = as_dataclass(SamplingConfig, sampling)
+        self.actions = actions
+        self.save_hyperparameters(
+            {
+                "stage": "dynamics",
+                "model": plain_data(self.cfg),
+                "optim": plain_data(self.optim_cfg),
+                "tokenizer_ckpt": str(tokenizer_ckpt) if tokenizer_ckpt else None,
+                "actions": actions,
+                "lam_ckpt": str(lam_ckpt) if lam_ckpt else None,
+                "lam_loss_weight": lam_loss_weight,
+                "train_frames": train_frames,
+                "sampling": plain_data(self.sampling),
+                "eval_t": eval_t,
+                "eval_batches": eval_batches,
+                "media_every_n_val": media_every_n_val,
+                "tokenizer_model": plain_data(self.tokenizer.cfg),
+                "lam_model": plain_data(self.lam.cfg) if self.lam is not None else None,
+            }
+        )
+        self.model = DynamicsModel(self.cfg)
+        self.lam_loss_weight = lam_loss_weight
+        self.train_frames = train_frames
+        self.eval_t = eval_t
+        self.eval_batches = eval_batches
+        self.media_every_n_val = media_every_n_val
+        self.media_clips = media_clips
+        self.val_loss = MeanMetric()
+        self.val_acc = MeanMetric()
+        self.val_psnr = MeanMetric()
+        self.val_psnr_random = MeanMetric()
+        self.val_psnr_rollout = MeanMetric()
+        self.val_psnr_tokenizer = MeanMetric()
+        self.val_nmi = ActionNMI(self.cfg.num_actions)
+        self._val_round = 0
+
+    def _dynamics_config(self, model: dict[str, Any] | DynamicsConfig) -> DynamicsConfig:
+        """Fill ``num_codes``/``grid`` from the tokenizer and ``num_actions`` from the LAM when left null."""
+        values = plain_data(model) if isinstance(model, DynamicsConfig) else dict(model)
+        tok = self.tokenizer.cfg
+        derived = {"num_codes": tok.num_codes, "grid": tuple(tok.grid)}
+        if self.lam is not None:
+            derived["num_actions"] = self.lam.cfg.num_actions
+        for key, value in derived.items():
+            if values.get(key) is None:
+                values[key] = value
+            elif (tuple(values[key]) if key == "grid" else values[key]) != value:
+                source = "LAM" if key == "num_actions" else "tokenizer"
+                raise ValueError(
+                    f"model.model.{key}={values[key]} but the {source} has {value}; set it to null or {value}"
+                )
+        if values.get("num_actions") is None:
+            raise ValueError(
+                "model.model.num_actions is null; with actions=true set it to the data's action count"
+            )
+        cfg: DynamicsConfig = as_dataclass(DynamicsConfig, values)
+        return cfg
+
+    def train(self, mode: bool = True) -> DynamicsModule:
+        super().train(mode)
+        self.tokenizer.eval()  # frozen modules never run in training mode (their quantisers would update)
+        if self.lam is not None and self.actions == "lam":
+            self.lam.eval()
+        return self
+
+    # -- actions --------------------------------------------------------------------------------------
+    def _true_actions(self, batch: dict[str, Tensor], start: int, stop: int) -> Tensor:
+        acts = batch.get("actions")
+        if acts is None or (acts[:, start : stop - 1] < 0).any():
+            raise ValueError("these clips carry no true actions; train with model.actions=lam (or cotrain)")
+        if acts.max() >= self.cfg.num_actions:
+            raise ValueError(
+                f"true action ids reach {int(acts.max())} but model.model.num_actions={self.cfg.num_actions}"
+            )
+        return acts[:, start : stop - 1]
+
+    def _actions(self, video: Tensor, batch: dict[str, Tensor], start: int, stop: int) -> Tensor:
+        if self.actions == "true":
+            return self._true_actions(batch, start, stop)
+        assert self.lam is not None
+        return self.lam.infer_actions(video)
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        start, stop = random_window(batch["video"].shape[1], self.train_frames)
+        video = batch["video"][:, start:stop]
+        tokens = self.tokenizer.encode(video)
+        logs: dict[str, Tensor] = {}
+        lam_loss = torch.zeros((), device=video.device)
+        if self.actions == "cotrain":
+            assert self.lam is not None
+            lam_out = self.lam(video)
+            actions = lam_out.actions  # discrete ids: no gradient reaches the LAM through the dynamics
+            lam_loss = lam_out.loss
+            logs.update({"train/lam_loss": lam_loss, "train/action_usage": lam_out.vq.usage})
+        else:
+            actions = self._actions(video, batch, start, stop)
+        loss, logits, mask = self.model.loss(tokens, actions)
+        targets = tokens.flatten(2)
+        acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean() if mask.any() else loss.new_zeros(())
+        total = loss + self.lam_loss_weight * lam_loss
+        n = video.shape[0]
+        self.log_dict({"train/loss": loss, "train/token_acc": acc, **logs}, batch_size=n)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=n)
+        return total
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        video = batch["video"]
+        b, t = video.shape[:2]
+        tokens = self.tokenizer.encode(video)
+        actions = self._actions(video, batch, 0, t)
+        if self.actions != "true" and "actions" in batch and (batch["actions"] >= 0).any():
+            self.val_nmi.update(actions, batch["actions"])
+        gen = torch.Generator(device=video.device).manual_seed(1000 + batch_idx)
+        loss, logits, mask = self.model.loss(tokens, actions, gen)
+        targets = tokens.flatten(2)
+        self.val_loss.update(loss)
+        if mask.any():
+            self.val_acc.update((logits.argmax(-1)[mask] == targets[mask]).float().mean())
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=b)
+        self.log("val/token_acc", self.val_acc, batch_size=b)
+        if self.eval_batches is None or batch_idx < self.eval_batches:
+            self._rollouts(video, tokens, actions, gen, batch_idx)
+
+    @torch.no_grad()
+    def _rollouts(
+        self, video: Tensor, tokens: Tensor, actions: Tensor, gen: torch.Generator, batch_idx: int
+    ) -> None:
+        """From the clip's first frame, generate frames 2..t (t = ``eval_t``, 1-based) with the clip's
+        inferred actions and with random ones; compare frame t to the real one."""
+        b, t = video.shape[:2]
+        n = min(self.eval_t, t) - 1  # new frames
+        seed = 2000 + batch_idx
+        prompt = tokens[:, :1]
+        random_actions = torch.randint(0, self.cfg.num_actions, (b, n), generator=gen, device=gen.device).to(
+            video.device
+        )
+        rolled = {}
+        for name, acts in (("inferred", actions[:, :n]), ("random", random_actions)):
+            g = torch.Generator(device=video.device).manual_seed(seed)  # same sampling noise for both
+            rolled[name] = self.tokenizer.decode(
+                self.model.generate(prompt, acts, sampling=self.sampling, generator=g)
+            )
+        target = video[:, n]
+        self.val_psnr.update(frame_psnr(rolled["inferred"][:, n], target))
+        self.val_psnr_random.update(frame_psnr(rolled["random"][:, n], target))
+        self.val_psnr_rollout.update(
+            frame_psnr(rolled["inferred"][:, 1:].flatten(0, 1), video[:, 1 : n + 1].flatten(0, 1))
+        )
+        self.val_psnr_tokenizer.update(frame_psnr(self.tokenizer.decode(tokens[:, : n + 1])[:, n], target))
+        if batch_idx == 0 and self._val_round % self.media_every_n_val == 0 and self.trainer.is_global_zero:
+            k = min(self.media_clips, b)
+            root = self.trainer.default_root_dir if self.trainer.log_dir is None else self.trainer.log_dir
+            path = Path(root) / "media" / f"rollout_step{self.global_step:07d}.gif"
+            save_gif(
+                video_grid([video[:k, : n + 1], rolled["inferred"][:k], rolled["random"][:k]]), path, fps=4
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        t = self.eval_t
+        if self.val_psnr.update_count > 0 or self.trainer.world_size > 1:
+            psnr, psnr_random = self.val_psnr.compute(), self.val_psnr_random.compute()
+            self.log_dict(
+                {
+                    f"val/psnr_t{t}": psnr,
+                    f"val/psnr_t{t}_random": psnr_random,
+                    f"val/delta_psnr_t{t}": psnr - psnr_random,
+                    "val/rollout_psnr": self.val_psnr_rollout.compute(),
+                    f"val/tokenizer_psnr_t{t}": self.val_psnr_tokenizer.compute(),
+                }
+            )
+        if self.val_nmi.counts.sum() > 0 or (self.trainer.world_size > 1 and self.actions != "true"):
+            self.log("val/nmi", self.val_nmi.compute())
+        for metric in (
+            self.val_psnr,
+            self.val_psnr_random,
+            self.val_psnr_rollout,
+            self.val_psnr_tokenizer,
+            self.val_nmi,
+        ):
+            metric.reset()
+        self._val_round += 1
+
+    def configure_optimizers(self) -> Any:
+        return build_optimizer(
+            self, self.optim_cfg
+        )  # trainable only: the tokenizer (and a frozen LAM) are not

@@ -1,0 +1,66 @@
+"""Latent-action metrics: code usage and normalised mutual information with the true actions.
+
+Both keep summed count tables as state, so they reduce across DDP ranks by summation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+def nmi_from_counts(counts_LA: Tensor) -> Tensor:
+    """NMI of a contingency table (rows: latent codes, columns: true actions), arithmetic normalisation.
+
+    ``I(L; A) / ((H(L) + H(A)) / 2)`` — scikit-learn's default; 1 for a relabelling, 0 for independence.
+    """
+    p = counts_LA.double() / counts_LA.sum().clamp_min(1)
+    pl, pa = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * (p[nz] / (pl[:, None] * pa[None, :])[nz]).log()).sum()
+    hl = -(pl[pl > 0] * pl[pl > 0].log()).sum()
+    ha = -(pa[pa > 0] * pa[pa > 0].log()).sum()
+    denom = (hl + ha) / 2
+    if denom <= 0:  # both labelings constant: identical partitions
+        return torch.tensor(1.0, dtype=torch.float64)
+    return (mi / denom).clamp(0, 1)
+
+
+class ActionNMI(Metric):
+    """NMI between latent action ids and true action ids; transitions with a true id < 0 are ignored."""
+
+    full_state_update = False
+    counts: Tensor
+
+    def __init__(self, num_latent: int, max_true: int = 64) -> None:
+        super().__init__()
+        self.num_latent, self.max_true = num_latent, max_true
+        self.add_state("counts", torch.zeros(num_latent, max_true, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, latent: Tensor, true: Tensor) -> None:
+        latent, true = latent.reshape(-1).long(), true.reshape(-1).long()
+        keep = (true >= 0) & (true < self.max_true)
+        flat = latent[keep] * self.max_true + true[keep]
+        self.counts += torch.bincount(flat, minlength=self.num_latent * self.max_true).view_as(self.counts)
+
+    def compute(self) -> Tensor:
+        return nmi_from_counts(self.counts).float()
+
+
+class CodeUsage(Metric):
+    """Fraction of codes used at least once over everything seen (and the counts, for a histogram)."""
+
+    full_state_update = False
+    counts: Tensor
+
+    def __init__(self, num_codes: int) -> None:
+        super().__init__()
+        self.num_codes = num_codes
+        self.add_state("counts", torch.zeros(num_codes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, ids: Tensor) -> None:
+        self.counts += torch.bincount(ids.reshape(-1).long(), minlength=self.num_codes)
+
+    def compute(self) -> Tensor:
+        return (self.counts > 0).float().mean()

@@ -1,0 +1,230 @@
+"""Genie: the playable world model — tokenizer + dynamics (+ the latent action model) in pure torch.
+
+    genie = Genie.from_checkpoints("outputs/dynamics_tiny/<run>/checkpoints/last.ckpt")
+    frame = genie.reset(image)          # a single prompt image (H×W×3 uint8, or a [0, 1] tensor)
+    frame = genie.step(3)               # latent action id in [0, num_actions)
+    video = genie.rollout([0, 3, 3, 5]) # more steps; returns the session's frames so far
+
+The prompt is tokenized, the dynamics model samples each next frame's tokens with MaskGIT (reusing the past
+frames' keys/values), and the tokenizer's causal decoder turns them into pixels, also frame by frame. The model
+remembers the last ``sampling.context_frames`` frames (16, as in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig
+from genie.models.lam import LatentActionModel
+from genie.models.tokenizer import VideoTokenizer
+from genie.nn import KVCache
+
+
+class Genie(nn.Module):
+    def __init__(
+        self,
+        tokenizer: VideoTokenizer,
+        dynamics: DynamicsModel,
+        lam: LatentActionModel | None = None,
+        sampling: SamplingConfig | None = None,
+    ) -> None:
+        super().__init__()
+        tc, dc = tokenizer.cfg, dynamics.cfg
+        if dc.num_codes != tc.num_codes or tuple(dc.grid) != tuple(tc.grid):
+            raise ValueError(
+                f"dynamics expects {dc.num_codes} codes on a {tuple(dc.grid)} grid but the tokenizer has "
+                f"{tc.num_codes} codes on {tuple(tc.grid)}; pair the dynamics with the tokenizer it was trained on"
+            )
+        if lam is not None and lam.cfg.num_actions != dc.num_actions:
+            raise ValueError(
+                f"the LAM has {lam.cfg.num_actions} actions but the dynamics model {dc.num_actions}; "
+                "pair the dynamics with the LAM it was trained on"
+            )
+        self.tokenizer = tokenizer.eval()
+        self.dynamics = dynamics.eval()
+        self.lam = lam.eval() if lam is not None else None
+        self.sampling = sampling or SamplingConfig()
+        self._rollout: Rollout | None = None
+        self._decoder_cache: KVCache | None = None
+        self._frames: list[Tensor] = []
+        self._generator: torch.Generator | None = None
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoints(
+        cls,
+        dynamics: str | Path,
+        tokenizer: str | Path | None = None,
+        lam: str | Path | None = None,
+        sampling: SamplingConfig | dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Genie:
+        """Load from stage checkpoints; a dynamics checkpoint already carries its tokenizer and LAM."""
+        from genie.models.io import load_model, read_checkpoint
+
+        ckpt = read_checkpoint(dynamics)
+        dyn = load_model(dynamics, "dynamics", ckpt)
+        tok = load_model(tokenizer, "tokenizer") if tokenizer else load_model(dynamics, "tokenizer", ckpt)
+        lam_model: nn.Module | None = None
+        if lam:
+            lam_model = load_model(lam, "lam")
+        else:
+            hp = ckpt.get("hyper_parameters") or {}
+            if hp.get("lam_model") is not None:
+                lam_model = load_model(dynamics, "lam", ckpt)
+        if isinstance(sampling, dict):
+            sampling = SamplingConfig(**sampling)
+        elif sampling is None:
+            saved = (ckpt.get("hyper_parameters") or {}).get("sampling")
+            sampling = SamplingConfig(**saved) if isinstance(saved, dict) else None
+        assert isinstance(tok, VideoTokenizer) and isinstance(dyn, DynamicsModel)
+        assert lam_model is None or isinstance(lam_model, LatentActionModel)
+        return cls(tok, dyn, lam_model, sampling).to(device)
+
+    # -- properties -----------------------------------------------------------------------------------
+    @property
+    def num_actions(self) -> int:
+        return int(self.dynamics.cfg.num_actions)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.tokenizer.cfg.hw
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def frames(self) -> Tensor:
+        """The session so far as ``video_BTCHW`` in [0, 1] (prompt reconstruction + generated frames)."""
+        if not self._frames:
+            raise RuntimeError("no session yet: call reset(prompt) first")
+        return torch.stack(self._frames, 1)
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def to_video(self, prompt: Any) -> Tensor:
+        """Prompt image(s) → ``video_BTCHW`` float in [0, 1] on the model's device, with clear errors.
+
+        Accepts an H×W×C array / PIL image (uint8 or float), or tensors (C,H,W), (T,C,H,W), (B,T,C,H,W).
+        """
+        if isinstance(prompt, Tensor):
+            x = prompt
+            channels_last = False
+        else:
+            arr = np.asarray(prompt)
+            if arr.dtype == object:
+                raise ValueError(f"cannot read a prompt of type {type(prompt).__name__}; pass an image array")
+            x = torch.from_numpy(np.ascontiguousarray(arr))
+            channels_last = x.ndim >= 3
+        if not x.is_floating_point():
+            x = x.float() / 255.0
+        if channels_last:  # numpy/PIL images are H×W×C (or T×H×W×C)
+            x = x.movedim(-1, -3)
+        if x.ndim == 2:
+            x = x[None]
+        while x.ndim < 5:
+            x = x[None]
+        if x.ndim != 5:
+            raise ValueError(
+                f"prompt must be an image or a (B, T, C, H, W) video, got shape {tuple(x.shape)}"
+            )
+        c, (h, w) = self.tokenizer.cfg.channels, self.image_size
+        if x.shape[2] != c:
+            raise ValueError(
+                f"prompt has {x.shape[2]} channels but the model takes {c}; convert it (e.g. to RGB)"
+            )
+        if tuple(x.shape[-2:]) != (h, w):
+            raise ValueError(
+                f"prompt frames are {x.shape[-2]}x{x.shape[-1]} (HxW) but the model takes {h}x{w}; "
+                "resize/crop them first (genie.data.pipeline.resize_crop, or genie.generate which does it)"
+            )
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError("prompt values must be in [0, 1] (floats) or 0..255 (uint8)")
+        return x.to(self.device)
+
+    def _actions(self, action: Any, batch: int) -> Tensor:
+        a = torch.as_tensor(action, device=self.device).long().reshape(-1)
+        if a.numel() == 1 and batch > 1:
+            a = a.expand(batch)
+        if a.numel() != batch:
+            raise ValueError(f"expected {batch} action ids (one per world), got {a.numel()}")
+        if a.min() < 0 or a.max() >= self.num_actions:
+            raise ValueError(f"action ids must be in [0, {self.num_actions}), got {a.tolist()}")
+        return a
+
+    # -- play -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def infer_actions(self, video: Any) -> Tensor:
+        """Latent actions between consecutive frames of a real clip (needs the LAM): ``actions_B(T-1)``."""
+        if self.lam is None:
+            raise RuntimeError("this Genie has no latent action model; load it with lam=... to infer actions")
+        return self.lam.infer_actions(self.to_video(video))
+
+    def _decode(self, tokens_BTHW: Tensor) -> Tensor:
+        if self._decoder_cache is None:  # learned frame positions: decode the window each time
+            window = self.sampling.context_frames
+            rollout = self._rollout
+            assert rollout is not None
+            return self.tokenizer.decode(rollout.tokens[:, -window:])[:, -tokens_BTHW.shape[1] :]
+        return self.tokenizer.decode(tokens_BTHW, self._decoder_cache)
+
+    @torch.no_grad()
+    def reset(self, prompt: Any, actions: Any = None, seed: int | None = None) -> Tensor:
+        """Start a session from a prompt image (or frames); returns the current frame ``frame_BCHW``.
+
+        For a multi-frame prompt the actions between its frames are ``actions`` (B, T-1) or inferred by the LAM.
+        ``seed`` makes the following steps reproducible.
+        """
+        video = self.to_video(prompt)
+        b, t = video.shape[:2]
+        prompt_actions = None
+        if t > 1:
+            prompt_actions = (
+                torch.as_tensor(actions, device=self.device).long().reshape(b, t - 1)
+                if actions is not None
+                else self.infer_actions(video)
+            )
+        tokens = self.tokenizer.encode(video)
+        self._rollout = Rollout(self.dynamics, self.sampling)
+        self._rollout.start(tokens, prompt_actions)
+        dec = self.tokenizer.cfg.dec
+        self._decoder_cache = None if dec.pos_emb == "learned" else KVCache(self.sampling.context_frames)
+        self._generator = None
+        if seed is not None:
+            self._generator = torch.Generator(self.device).manual_seed(seed)
+        self._frames = list(self._decode(tokens).unbind(1))
+        return self._frames[-1]
+
+    @torch.no_grad()
+    def step(self, action: int | Sequence[int] | Tensor) -> Tensor:
+        """Advance every world by one latent action; returns the new frame ``frame_BCHW`` in [0, 1]."""
+        if self._rollout is None:
+            raise RuntimeError("call reset(prompt) before step(action)")
+        b = self._frames[0].shape[0]
+        tokens = self._rollout.step(self._actions(action, b), self._generator)
+        frame = self._decode(tokens[:, None])[:, 0]
+        self._frames.append(frame)
+        return frame
+
+    @torch.no_grad()
+    def rollout(self, actions: Any, prompt: Any = None, seed: int | None = None) -> Tensor:
+        """Take a sequence of actions (``(N,)`` shared by all worlds or ``(B, N)``); returns the whole session
+        ``video_BTCHW``. With ``prompt`` a new session starts first."""
+        if prompt is not None:
+            self.reset(prompt, seed=seed)
+        if self._rollout is None:
+            raise RuntimeError("call reset(prompt) first or pass prompt=")
+        acts = torch.as_tensor(actions).long()
+        acts = acts[None] if acts.ndim == 1 else acts
+        b = self._frames[0].shape[0]
+        if acts.shape[0] == 1 and b > 1:
+            acts = acts.expand(b, -1)
+        for i in range(acts.shape[1]):
+            self.step(acts[:, i])
+        return self.frames

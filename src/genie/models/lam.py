@@ -1,0 +1,285 @@
+"""Latent action model (Genie §2.1): a VQ-VAE whose codes are the actions between frames.
+
+The encoder sees the frames x_1..x_T (causal ST-Transformer with one extra "action" token per frame); the
+action token of frame t+1 — which has seen x_1..x_{t+1} — becomes the continuous latent of the transition
+t → t+1, quantised to one of |A| codes (8 in the paper). The decoder sees only x_1..x_t plus the quantised
+a_t (added to every token of frame t) and predicts x_{t+1}; since it cannot see x_{t+1}, everything that
+changed has to pass through the small action codebook. Pixel input in [0, 1] and a sigmoid output are the
+paper's default; ``input="tokens"`` is the Tab. 2 ablation (tokenizer ids in, next-frame ids out).
+
+Collapse (all transitions mapped to one or two codes) is the commonest failure of public reimplementations.
+Guards here: l2-normalised codes (cosine look-up), a small latent dim, codes initialised from data and
+restarted after ``dead_code_steps`` unused steps, per-code usage reported on every call, and optionally
+``decoder_mask_rate`` (randomly hide context patches from the decoder so it must rely on the action).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genie.nn import (
+    QuantizerOutput,
+    STConfig,
+    STTransformer,
+    VectorQuantizer,
+    as_st_config,
+    patchify,
+    unpatchify,
+)
+
+LAMInput = Literal["pixels", "tokens"]
+
+
+@dataclass
+class LAMConfig:
+    """Paper defaults: patch 16, |A| = 8, latent 32, encoder and decoder 20 layers × d 1024 × 16 heads.
+
+    With two attentions per ST block these dims alone exceed the nominal 300M (see README: ``lam_300m``).
+    """
+
+    image_size: Sequence[int] = (90, 160)  # (H, W)
+    channels: int = 3
+    patch: int = 16
+    num_actions: int = 8
+    latent_dim: int = 32
+    input: LAMInput = "pixels"
+    token_vocab: int = 1024  # input="tokens": the tokenizer's vocabulary ...
+    token_grid: Sequence[int] = (23, 40)  # ... and its token grid per frame
+    encoder: STConfig | dict[str, Any] = field(
+        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
+    )
+    decoder: STConfig | dict[str, Any] = field(
+        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
+    )
+    vq_beta: float = 0.25
+    vq_ema: bool = False
+    vq_ema_decay: float = 0.99
+    vq_l2: bool = True
+    dead_code_steps: int = 50
+    decoder_mask_rate: float = 0.0
+    # Pixels: predict x_t+1 as sigmoid(logit(x_t) + decoder output), i.e. a change relative to the last frame.
+    # Copying becomes free, so the decoder's capacity (and the action) go into what changed. Off = the paper.
+    predict_residual: bool = False
+    # Encoder: also embed each patch's difference to the same patch one frame earlier (motion is then visible
+    # to the first layer instead of having to be found by attention), and read the transition latent from the
+    # action token plus the mean of frame t+1's patch tokens. Off = the paper's plain encoder.
+    motion_input: bool = False
+
+    def __post_init__(self) -> None:
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.token_grid = (int(self.token_grid[0]), int(self.token_grid[1]))
+        self.encoder = as_st_config(self.encoder)
+        self.decoder = as_st_config(self.decoder)
+        if self.input not in ("pixels", "tokens"):
+            raise ValueError(f"LAM input must be 'pixels' or 'tokens', got {self.input!r}")
+        for name, st in (("encoder", self.enc), ("decoder", self.dec)):
+            if not st.causal or st.attention == "spatial":
+                raise ValueError(
+                    f"the LAM {name} must mix time causally (attention st or full, causal=true): "
+                    "otherwise frame t would see x_t+1"
+                )
+        if not 0.0 <= self.decoder_mask_rate < 1.0:
+            raise ValueError(f"decoder_mask_rate must be in [0, 1), got {self.decoder_mask_rate}")
+
+    @property
+    def enc(self) -> STConfig:
+        assert isinstance(self.encoder, STConfig)
+        return self.encoder
+
+    @property
+    def dec(self) -> STConfig:
+        assert isinstance(self.decoder, STConfig)
+        return self.decoder
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.image_size[0]), int(self.image_size[1])
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        h, w = self.hw
+        p = self.patch
+        return (-(-h // p) * p, -(-w // p) * p)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        if self.input == "tokens":
+            return int(self.token_grid[0]), int(self.token_grid[1])
+        ph, pw = self.padded_size
+        return ph // self.patch, pw // self.patch
+
+    def num_params(self) -> int:
+        """Closed form (equals ``sum(p.numel())`` of :class:`LatentActionModel`)."""
+        de, dd, a = self.enc.dim, self.dec.dim, self.latent_dim
+        if self.input == "pixels":
+            pd = self.channels * self.patch**2
+            embeds = (pd + 1) * de + (pd + 1) * dd  # encoder and decoder patch embeddings
+            head = (dd + 1) * pd
+        else:
+            embeds = self.token_vocab * de + self.token_vocab * dd
+            head = dd * self.token_vocab
+        return (
+            self.enc.num_params()
+            + self.dec.num_params()
+            + embeds
+            + de  # the action query token
+            + (de + 1) * a  # to latent
+            + self.num_actions * a  # codebook
+            + (a + 1) * dd  # latent to decoder
+            + (dd if self.decoder_mask_rate > 0 else 0)  # decoder mask token
+            + ((self.channels * self.patch**2 + 1) * de if self.motion_input else 0)
+            + head
+        )
+
+
+@dataclass
+class LAMOutput:
+    pred: Tensor  # pixels: next frames video_B(T-1)CHW in [0, 1]; tokens: logits_B(T-1)SV
+    actions: Tensor  # actions_B(T-1) long: the code of each transition
+    vq: QuantizerOutput
+    loss: Tensor  # reconstruction + VQ
+    recon_loss: Tensor
+
+
+class LatentActionModel(nn.Module):
+    """``out = lam(x)`` with ``x = video_BTCHW`` in [0, 1] (or ``tokens_BTHW`` for ``input="tokens"``)."""
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        de, dd = cfg.enc.dim, cfg.dec.dim
+        if cfg.input == "pixels":
+            pd = cfg.channels * cfg.patch**2
+            self.enc_embed: nn.Module = nn.Linear(pd, de)
+            self.dec_embed: nn.Module = nn.Linear(pd, dd)
+            self.head = nn.Linear(dd, pd)
+        else:
+            self.enc_embed = nn.Embedding(cfg.token_vocab, de)
+            self.dec_embed = nn.Embedding(cfg.token_vocab, dd)
+            self.head = nn.Linear(dd, cfg.token_vocab, bias=False)
+        self.action_query = nn.Parameter(torch.randn(de) * 0.02)
+        self.motion_embed: nn.Module | None = None
+        if cfg.motion_input:
+            if cfg.input != "pixels":
+                raise ValueError("motion_input needs pixel input")
+            self.motion_embed = nn.Linear(cfg.channels * cfg.patch**2, de)
+        self.encoder = STTransformer(cfg.enc)
+        self.to_latent = nn.Linear(de, cfg.latent_dim)
+        self.quantizer = VectorQuantizer(
+            cfg.num_actions,
+            cfg.latent_dim,
+            beta=cfg.vq_beta,
+            use_ema=cfg.vq_ema,
+            ema_decay=cfg.vq_ema_decay,
+            l2_normalize=cfg.vq_l2,
+            dead_code_steps=cfg.dead_code_steps,
+        )
+        self.from_latent = nn.Linear(cfg.latent_dim, dd)
+        # A learned stand-in for hidden context patches (only with decoder_mask_rate > 0, so that DDP never
+        # sees an unused parameter).
+        self.dec_mask = nn.Parameter(torch.zeros(dd)) if cfg.decoder_mask_rate > 0 else None
+        self.decoder = STTransformer(cfg.dec)
+        if cfg.predict_residual and cfg.input == "pixels":
+            # Start as "the next frame equals the last one": random initial changes would first have to be
+            # unlearned, and in short runs the decoder never gets past that to learning what the action does.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> None:
+        cfg = self.cfg
+        if cfg.input == "pixels":
+            h, w = cfg.hw
+            if x.ndim != 5 or x.shape[2] != cfg.channels or tuple(x.shape[-2:]) != (h, w):
+                raise ValueError(
+                    f"LAM expects video (B, T, {cfg.channels}, {h}, {w}) in [0, 1], got {tuple(x.shape)}; "
+                    "resize frames to the model's image_size"
+                )
+        elif x.ndim != 4 or tuple(x.shape[-2:]) != cfg.grid:
+            raise ValueError(
+                f"token-input LAM expects tokens (B, T, {cfg.grid[0]}, {cfg.grid[1]}), got {tuple(x.shape)}"
+            )
+        if x.shape[1] < 2:
+            raise ValueError(f"the LAM needs at least 2 frames (one transition), got {x.shape[1]}")
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """Per-frame inputs: ``patches_BTSP`` (pixels, P = C·patch²) or ``ids_BTS`` (tokens)."""
+        cfg = self.cfg
+        if cfg.input == "tokens":
+            return x.flatten(2).long()
+        h, w = cfg.hw
+        ph, pw = cfg.padded_size
+        if (ph, pw) != (h, w):
+            x = F.pad(x, (0, pw - w, 0, ph - h))
+        return patchify(x, cfg.patch)
+
+    # -- encoder --------------------------------------------------------------------------------------
+    def encode_latents(self, x: Tensor) -> Tensor:
+        """Continuous per-transition latents ``z_B(T-1)A`` (before quantisation)."""
+        self._check(x)
+        patches = self._patches(x)
+        h_BTSD = self.enc_embed(patches)
+        if self.motion_embed is not None:
+            prev = torch.cat((patches[:, :1], patches[:, :-1]), dim=1)
+            h_BTSD = h_BTSD + self.motion_embed(patches - prev)
+        b, t = h_BTSD.shape[:2]
+        query = self.action_query.to(h_BTSD.dtype).expand(b, t, 1, -1)
+        h_BTSD = self.encoder(torch.cat((query, h_BTSD), dim=2), self.cfg.grid, prefix=1)
+        out_BTD = h_BTSD[:, 1:, 0]  # the action token of frame t+1 has seen x_1..x_t+1
+        if self.motion_embed is not None:
+            out_BTD = out_BTD + h_BTSD[:, 1:, 1:].mean(2)
+        return self.to_latent(out_BTD)
+
+    def quantize(self, x: Tensor) -> QuantizerOutput:
+        return self.quantizer(self.encode_latents(x))
+
+    @torch.no_grad()
+    def infer_actions(self, x: Tensor) -> Tensor:
+        """The latent action id of every transition: ``actions_B(T-1)``."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.quantize(x).indices
+        finally:
+            self.train(was_training)
+
+    # -- decoder --------------------------------------------------------------------------------------
+    def decode(self, context: Tensor, actions_z: Tensor, mask_rate: float = 0.0) -> Tensor:
+        """Predict frames 2..T from frames 1..T-1 (``context``) and the action vectors ``actions_z_B(T-1)A``.
+
+        ``pred[:, t]`` is the guess of the frame after ``context[:, t]`` and depends only on
+        ``context[:, :t+1]`` and ``actions_z[:, :t+1]`` (the decoder is causal in time).
+        Pixels: ``video_B(T-1)CHW`` in [0, 1]; tokens: ``logits_B(T-1)SV``.
+        """
+        cfg = self.cfg
+        h_BTSD = self.dec_embed(self._patches(context))
+        if mask_rate > 0 and self.dec_mask is not None:
+            hide = torch.rand(h_BTSD.shape[:3], device=h_BTSD.device) < mask_rate
+            h_BTSD = torch.where(hide[..., None], self.dec_mask.to(h_BTSD.dtype), h_BTSD)
+        h_BTSD = h_BTSD + self.from_latent(actions_z)[:, :, None]
+        out = self.head(self.decoder(h_BTSD, cfg.grid))
+        if cfg.input == "tokens":
+            return out
+        logits = unpatchify(out, cfg.patch, cfg.grid, cfg.channels)
+        h, w = cfg.hw
+        logits = logits[..., :h, :w]
+        if cfg.predict_residual:
+            logits = logits + torch.logit(context.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
+        return torch.sigmoid(logits)
+
+    def forward(self, x: Tensor) -> LAMOutput:
+        vq = self.quantize(x)
+        rate = self.cfg.decoder_mask_rate if self.training else 0.0
+        pred = self.decode(x[:, :-1], vq.z_q, rate)
+        target = x[:, 1:]
+        if self.cfg.input == "tokens":
+            recon = F.cross_entropy(pred.flatten(0, 2).float(), target.flatten().long())
+        else:
+            recon = F.mse_loss(pred.float(), target.float())
+        return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=recon + vq.loss, recon_loss=recon)

@@ -1,0 +1,114 @@
+"""Latent action model: shapes, the decoder's information bottleneck, param counts, overfitting one batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genie.models.lam import LAMConfig, LatentActionModel
+
+
+def tiny_cfg(**kw: object) -> LAMConfig:
+    base: dict[str, object] = {
+        "image_size": (32, 48),
+        "patch": 16,
+        "num_actions": 4,
+        "latent_dim": 8,
+        "encoder": {"dim": 32, "depth": 2, "num_heads": 4},
+        "decoder": {"dim": 32, "depth": 2, "num_heads": 4},
+    }
+    base.update(kw)
+    return LAMConfig(**base)  # type: ignore[arg-type]
+
+
+def test_shapes_and_infer_actions() -> None:
+    model = LatentActionModel(tiny_cfg())
+    video = torch.rand(2, 5, 3, 32, 48)
+    out = model(video)
+    assert out.pred.shape == (2, 4, 3, 32, 48)
+    assert out.pred.min() >= 0 and out.pred.max() <= 1
+    assert out.actions.shape == (2, 4) and torch.isfinite(out.loss)
+    actions = model.infer_actions(video)
+    assert actions.shape == (2, 4) and actions.dtype == torch.long
+    assert actions.min() >= 0 and actions.max() < 4
+
+
+def test_non_multiple_frame_size_pads() -> None:
+    model = LatentActionModel(tiny_cfg(image_size=(20, 40)))
+    assert model.cfg.grid == (2, 3)
+    assert model(torch.rand(1, 3, 3, 20, 40)).pred.shape == (1, 2, 3, 20, 40)
+
+
+def test_decoder_sees_next_frame_only_through_the_action() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(tiny_cfg()).eval()
+    video = torch.rand(1, 6, 3, 32, 48)
+    z = model.quantize(video).z_q
+    pred = model.decode(video[:, :-1], z)
+    for k in range(1, 5):  # perturb context frame k: predictions of frames <= k (indices < k) are unchanged
+        other = video.clone()
+        other[:, k] = torch.rand_like(other[:, k])
+        pred2 = model.decode(other[:, :-1], z)
+        assert torch.allclose(pred[:, :k], pred2[:, :k], atol=1e-6)
+        assert not torch.allclose(pred[:, k:], pred2[:, k:])
+    # The encoder: the action of transition t -> t+1 does not depend on frames after t+1.
+    latents = model.encode_latents(video)
+    other = video.clone()
+    other[:, 4:] = torch.rand_like(other[:, 4:])
+    assert torch.allclose(latents[:, :3], model.encode_latents(other)[:, :3], atol=1e-6)
+    # And the whole model: change x_{t+1} without changing the chosen actions -> prediction of x_{t+1} unchanged.
+    actions_fixed = model.quantizer.lookup(model.quantize(video).indices)
+    assert torch.allclose(
+        model.decode(video[:, :-1], actions_fixed), model.decode(video[:, :-1], z), atol=1e-6
+    )
+
+
+def test_token_input_ablation() -> None:
+    model = LatentActionModel(tiny_cfg(input="tokens", token_vocab=64, token_grid=(3, 4)))
+    tokens = torch.randint(0, 64, (2, 4, 3, 4))
+    out = model(tokens)
+    assert out.pred.shape == (2, 3, 12, 64) and torch.isfinite(out.loss)
+    assert model.infer_actions(tokens).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kind", ["pixels", "tokens"])
+def test_num_params_closed_form(kind: str) -> None:
+    cfg = tiny_cfg(
+        input=kind, token_vocab=64, token_grid=(3, 4), decoder_mask_rate=0.3 if kind == "pixels" else 0.0
+    )
+    model = LatentActionModel(cfg)
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_bad_inputs_are_named() -> None:
+    model = LatentActionModel(tiny_cfg())
+    with pytest.raises(ValueError, match="resize frames"):
+        model(torch.rand(1, 4, 3, 30, 48))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        model(torch.rand(1, 1, 3, 32, 48))
+    with pytest.raises(ValueError, match="causally"):
+        tiny_cfg(encoder={"dim": 32, "depth": 1, "num_heads": 4, "causal": False})
+
+
+def test_overfits_one_batch_and_uses_several_codes() -> None:
+    """A moving square: the direction of motion is the only thing the decoder cannot see."""
+    torch.manual_seed(0)
+    model = LatentActionModel(tiny_cfg(dead_code_steps=5))
+    b, t = 8, 4
+    video = torch.zeros(b, t, 3, 32, 48)
+    dirs = torch.tensor([-1, 1, -1, 1, 0, 0, -1, 1])
+    for i in range(b):
+        x = 20
+        for j in range(t):
+            video[i, j, :, 12:20, x : x + 8] = 1.0
+            x += 4 * int(dirs[i])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        out = model(video)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.recon_loss.item()
+    assert out.recon_loss.item() < 0.2 * first
+    assert model.infer_actions(video).unique().numel() >= 2
