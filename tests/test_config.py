@@ -41,6 +41,7 @@ def test_experiment_composes_and_resolves(name: str) -> None:
 # Later stages read earlier stages' checkpoints; on the meta device they get the partner configs instead.
 PARTNERS = {
     "dynamics_tiny": ("tokenizer_tiny", "lam_tiny"),
+    "cotrain_tiny": ("tokenizer_tiny", "lam_tiny"),
     "coinrun_dynamics": ("coinrun_tokenizer", "coinrun_lam"),
 }
 PAPER_PARTNERS = ("tokenizer_200m", "lam_300m")

@@ -112,3 +112,25 @@ def test_overfits_one_batch_and_uses_several_codes() -> None:
         first = first if first is not None else out.recon_loss.item()
     assert out.recon_loss.item() < 0.2 * first
     assert model.infer_actions(video).unique().numel() >= 2
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_windowed_lam_matches_running_each_window(window: int) -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(tiny_cfg(window=window, motion_input=True, predict_residual=True)).eval()
+    video = torch.rand(2, 6, 3, 32, 48)
+    out = model(video)
+    assert out.pred.shape == (2, 5, 3, 32, 48) and out.actions.shape == (2, 5)
+    # the latent of transition t -> t+1 comes from the window ending at frame t+1 (or the first window)
+    for t in range(5):
+        lo = max(0, t + 2 - window)
+        if t + 1 < window:
+            lo = 0
+        latents = model.encode_latents(video[:, lo : max(t + 2, lo + window) if t + 1 < window else t + 2])
+        idx = t - lo
+        torch.testing.assert_close(model.encode_latents(video)[:, t], latents[:, idx], rtol=1e-4, atol=1e-5)
+    # the decoder still never sees the frame it predicts
+    z = model.quantize(video).z_q
+    other = video.clone()
+    other[:, 3] = torch.rand_like(other[:, 3])
+    torch.testing.assert_close(model.decode(video[:, :-1], z)[:, :3], model.decode(other[:, :-1], z)[:, :3])

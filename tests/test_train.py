@@ -25,14 +25,16 @@ TINY_DATA = [
 ]
 
 
-def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+def run_train(
+    tmp_path: Path, *overrides: str, run_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
         "-m",
         "genie.train",
         f"paths.data_dir={tmp_path / 'data'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        f"hydra.run.dir={run_dir or tmp_path / 'run'}",
         "callbacks.rich_progress_bar=null",
         *overrides,
     ]
@@ -60,6 +62,48 @@ def test_train_tokenizer_tiny_two_steps_writes_checkpoint(tmp_path: Path) -> Non
     # the checkpoint holds plain data only: safe loading works
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 2
+
+
+TWO_STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1"]
+
+
+@pytest.mark.slow
+def test_tiny_lam_then_dynamics_two_steps_each(tmp_path: Path) -> None:
+    """Each tiny experiment fits for 2 steps in a subprocess; the dynamics run reads the other two's checkpoints."""
+    runs = {}
+    for name in ("tokenizer_tiny", "lam_tiny"):
+        run = tmp_path / name
+        proc = run_train(tmp_path, f"+experiment={name}", *TWO_STEPS, *TINY_DATA, run_dir=run)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = run / "checkpoints" / "last.ckpt"
+    lam_metrics = json.loads((tmp_path / "lam_tiny" / "metrics.json").read_text())
+    assert 0 <= lam_metrics["val/nmi"] <= 1 and "val/action_codes_used" in lam_metrics
+    run = tmp_path / "dynamics_tiny"
+    proc = run_train(
+        tmp_path,
+        "+experiment=dynamics_tiny",
+        f"model.tokenizer_ckpt={runs['tokenizer_tiny']}",
+        f"model.lam_ckpt={runs['lam_tiny']}",
+        "model.sampling.steps=2",
+        *TWO_STEPS,
+        *TINY_DATA,
+        run_dir=run,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and "val/delta_psnr_t4" in metrics and "val/token_acc" in metrics
+    assert list((run / "logs" / "media").glob("rollout_step*.gif"))
+
+
+def test_dynamics_11b_cfg_job_resolves() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "genie.train", "+experiment=dynamics_11b", "--cfg", "job", "--resolve"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dim: 5120" in proc.stdout and "depth: 48" in proc.stdout
 
 
 def test_lightning_module_fit_two_steps(tmp_path: Path) -> None:

@@ -91,8 +91,8 @@ def play_gif(out_root: Path, clips: int = 2, seed: int = 0) -> Path:
     inferred = genie.infer_actions(real)
     g = torch.Generator().manual_seed(seed)
     random_actions = torch.randint(0, genie.num_actions, inferred.shape, generator=g)
-    played = genie.rollout(inferred, prompt=real[:, 0], seed=seed)
-    wandering = genie.rollout(random_actions, prompt=real[:, 0], seed=seed)
+    played = genie.rollout(inferred, prompt=real[:, :1], seed=seed)
+    wandering = genie.rollout(random_actions, prompt=real[:, :1], seed=seed)
     rows = [torch.stack((r, p, w)) for r, p, w in zip(real, played, wandering, strict=True)]
     return save_gif(video_grid(rows), out_root / "play.gif", fps=5)
 

@@ -50,6 +50,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # The final weights, whatever the checkpoint interval (written to a temporary name, then renamed).
+    ckpt_dir = out_dir / "checkpoints"
+    tmp = ckpt_dir / "last.ckpt.tmp"
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, ckpt_dir / "last.ckpt")
 
     metrics: dict[str, Any] = {"experiment": cfg.task_name, "global_step": trainer.global_step}
     if cfg.get("evaluate", True) and datamodule.val_shards is not None:

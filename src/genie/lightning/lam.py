@@ -76,7 +76,9 @@ class LAMModule(L.LightningModule):
         self.media_clips = media_clips
         a = self.cfg.num_actions
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
-        self.val_recon_copy = MeanMetric()  # MSE of repeating the last frame: the bar the prediction must beat
+        self.val_recon_copy = (
+            MeanMetric()
+        )  # MSE of repeating the last frame: the bar the prediction must beat
         self.val_nmi = ActionNMI(a)
         self.val_usage = CodeUsage(a)
         self.val_recon = MeanMetric()  # the training objective (MSE, or cross-entropy for token input)

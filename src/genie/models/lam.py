@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genie.models.common import PatchGeometry
 from genie.nn import (
     QuantizerOutput,
     STConfig,
@@ -37,7 +38,7 @@ LAMInput = Literal["pixels", "tokens"]
 
 
 @dataclass
-class LAMConfig:
+class LAMConfig(PatchGeometry):
     """Paper defaults: patch 16, |A| = 8, latent 32, encoder and decoder 20 layers × d 1024 × 16 heads.
 
     With two attentions per ST block these dims alone exceed the nominal 300M (see README: ``lam_300m``).
@@ -70,6 +71,10 @@ class LAMConfig:
     # to the first layer instead of having to be found by attention), and read the transition latent from the
     # action token plus the mean of frame t+1's patch tokens. Off = the paper's plain encoder.
     motion_input: bool = False
+    # Frames each prediction may use: None = the whole clip (the paper); 2 = only x_t and x_t+1. Short windows
+    # stop the decoder from extrapolating the motion of earlier frames (random policies repeat actions), so
+    # the latent has to carry what the action did. Clips are processed as overlapping windows.
+    window: int | None = None
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -84,35 +89,16 @@ class LAMConfig:
                     f"the LAM {name} must mix time causally (attention st or full, causal=true): "
                     "otherwise frame t would see x_t+1"
                 )
+        if self.window is not None and self.window < 2:
+            raise ValueError(f"LAM window must be >= 2 frames (one transition) or null, got {self.window}")
         if not 0.0 <= self.decoder_mask_rate < 1.0:
             raise ValueError(f"decoder_mask_rate must be in [0, 1), got {self.decoder_mask_rate}")
-
-    @property
-    def enc(self) -> STConfig:
-        assert isinstance(self.encoder, STConfig)
-        return self.encoder
-
-    @property
-    def dec(self) -> STConfig:
-        assert isinstance(self.decoder, STConfig)
-        return self.decoder
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        return int(self.image_size[0]), int(self.image_size[1])
-
-    @property
-    def padded_size(self) -> tuple[int, int]:
-        h, w = self.hw
-        p = self.patch
-        return (-(-h // p) * p, -(-w // p) * p)
 
     @property
     def grid(self) -> tuple[int, int]:
         if self.input == "tokens":
             return int(self.token_grid[0]), int(self.token_grid[1])
-        ph, pw = self.padded_size
-        return ph // self.patch, pw // self.patch
+        return self.patch_grid
 
     def num_params(self) -> int:
         """Closed form (equals ``sum(p.numel())`` of :class:`LatentActionModel`)."""
@@ -213,16 +199,37 @@ class LatentActionModel(nn.Module):
         cfg = self.cfg
         if cfg.input == "tokens":
             return x.flatten(2).long()
-        h, w = cfg.hw
-        ph, pw = cfg.padded_size
-        if (ph, pw) != (h, w):
-            x = F.pad(x, (0, pw - w, 0, ph - h))
-        return patchify(x, cfg.patch)
+        return patchify(cfg.pad(x), cfg.patch)
+
+    # -- windows --------------------------------------------------------------------------------------
+    def _windows(self, x: Tensor, size: int) -> tuple[Tensor, int]:
+        """Overlapping windows of ``size`` frames along axis 1: ``(B·n, size, ...)`` and n."""
+        t = x.shape[1]
+        if t <= size:
+            return x, 1
+        idx = torch.arange(t - size + 1, device=x.device)[:, None] + torch.arange(size, device=x.device)[None]
+        return x[:, idx].flatten(0, 1), t - size + 1
+
+    @staticmethod
+    def _gather(y: Tensor, b: int, n: int) -> Tensor:
+        """Per-window results ``(B·n, w-1, ...)`` → per transition ``(B, T-1, ...)``: all of the first window,
+        then the last transition of each later window."""
+        if n == 1:
+            return y
+        y = y.unflatten(0, (b, n))
+        return torch.cat((y[:, 0], y[:, 1:, -1]), dim=1)
 
     # -- encoder --------------------------------------------------------------------------------------
     def encode_latents(self, x: Tensor) -> Tensor:
         """Continuous per-transition latents ``z_B(T-1)A`` (before quantisation)."""
         self._check(x)
+        b = x.shape[0]
+        n = 1
+        if self.cfg.window is not None:
+            x, n = self._windows(x, self.cfg.window)
+        return self._gather(self._encode(x), b, n)
+
+    def _encode(self, x: Tensor) -> Tensor:
         patches = self._patches(x)
         h_BTSD = self.enc_embed(patches)
         if self.motion_embed is not None:
@@ -257,6 +264,15 @@ class LatentActionModel(nn.Module):
         ``context[:, :t+1]`` and ``actions_z[:, :t+1]`` (the decoder is causal in time).
         Pixels: ``video_B(T-1)CHW`` in [0, 1]; tokens: ``logits_B(T-1)SV``.
         """
+        cfg = self.cfg
+        if cfg.window is not None and context.shape[1] > cfg.window - 1:
+            b = context.shape[0]
+            ctx, n = self._windows(context, cfg.window - 1)
+            z, _ = self._windows(actions_z, cfg.window - 1)
+            return self._gather(self._decode(ctx, z, mask_rate), b, n)
+        return self._decode(context, actions_z, mask_rate)
+
+    def _decode(self, context: Tensor, actions_z: Tensor, mask_rate: float) -> Tensor:
         cfg = self.cfg
         h_BTSD = self.dec_embed(self._patches(context))
         if mask_rate > 0 and self.dec_mask is not None:

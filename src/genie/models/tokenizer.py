@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genie.models.common import PatchGeometry
 from genie.nn import (
     KVCache,
     QuantizerOutput,
@@ -28,7 +28,7 @@ from genie.nn import (
 
 
 @dataclass
-class TokenizerConfig:
+class TokenizerConfig(PatchGeometry):
     """Paper defaults (200M): patch 4, 1024×32 codes, encoder 12L/512/8h, decoder 20L/1024/16h.
 
     The paper does not give the FFN width; with two attentions per block a 4× MLP would make this model
@@ -59,30 +59,8 @@ class TokenizerConfig:
         self.decoder = as_st_config(self.decoder)
 
     @property
-    def hw(self) -> tuple[int, int]:
-        return int(self.image_size[0]), int(self.image_size[1])
-
-    @property
-    def padded_size(self) -> tuple[int, int]:
-        """Frame size rounded up to whole patches: the paper's 90 rows become 92 (23 patches of 4)."""
-        h, w = self.hw
-        p = self.patch
-        return (-(-h // p) * p, -(-w // p) * p)
-
-    @property
     def grid(self) -> tuple[int, int]:
-        ph, pw = self.padded_size
-        return ph // self.patch, pw // self.patch
-
-    @property
-    def enc(self) -> STConfig:
-        assert isinstance(self.encoder, STConfig)
-        return self.encoder
-
-    @property
-    def dec(self) -> STConfig:
-        assert isinstance(self.decoder, STConfig)
-        return self.decoder
+        return self.patch_grid
 
 
 @dataclass
@@ -127,15 +105,10 @@ class VideoTokenizer(nn.Module):
                 "resize frames to the model's image_size"
             )
 
-    def _pad(self, video_BTCHW: Tensor) -> Tensor:
-        h, w = self.cfg.hw
-        ph, pw = self.cfg.padded_size
-        return F.pad(video_BTCHW, (0, pw - w, 0, ph - h)) if (ph, pw) != (h, w) else video_BTCHW
-
     def encode_latents(self, video_BTCHW: Tensor) -> Tensor:
         """Continuous pre-quantisation latents ``z_BTSC``."""
         self._check(video_BTCHW)
-        x = patchify(self._pad(video_BTCHW) * 2 - 1, self.cfg.patch)
+        x = patchify(self.cfg.pad(video_BTCHW) * 2 - 1, self.cfg.patch)
         x = self.encoder(self.embed(x), self.cfg.grid)
         return self.to_code(x)
 
