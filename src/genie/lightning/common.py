@@ -12,6 +12,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from genie.models.io import config_from_dict, load_model
+from genie.models.tokenizer import VideoTokenizer
+
 
 @dataclass
 class OptimConfig:
@@ -142,3 +145,17 @@ def random_window(t: int, window: int | None) -> tuple[int, int]:
         return 0, t
     start = int(torch.randint(0, t - window + 1, ()))
     return start, start + window
+
+
+def frozen_tokenizer(ckpt: str | None, config: dict[str, Any] | None, option: str) -> VideoTokenizer:
+    """The tokenizer a later stage works on: from its checkpoint, or (when this module's own checkpoint is
+    being restored) empty from the saved config — the weights then come with this module's state dict."""
+    if config is not None:
+        tokenizer = VideoTokenizer(config_from_dict("tokenizer", dict(config)))
+    else:
+        path = resolve_checkpoint(ckpt, "tokenizer", option)
+        loaded = load_model(path, "tokenizer")
+        assert isinstance(loaded, VideoTokenizer)
+        tokenizer = loaded
+    tokenizer.eval().requires_grad_(False)
+    return tokenizer

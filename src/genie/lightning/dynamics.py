@@ -21,13 +21,13 @@ from genie.lightning.common import (
     OptimConfig,
     as_dataclass,
     build_optimizer,
+    frozen_tokenizer,
     plain_data,
     random_window,
     resolve_checkpoint,
     save_gif,
     video_grid,
 )
-from genie.lightning.lam import _frozen_tokenizer
 from genie.metrics import ActionNMI
 from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
 from genie.models.io import config_from_dict, load_model
@@ -68,7 +68,7 @@ class DynamicsModule(L.LightningModule):
         super().__init__()
         if actions not in ("lam", "true", "cotrain"):
             raise ValueError(f"model.actions must be 'lam', 'true' or 'cotrain', got {actions!r}")
-        self.tokenizer = _frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
+        self.tokenizer = frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
         self.lam: LatentActionModel | None = None
         if actions == "lam":
             if lam_model is not None:

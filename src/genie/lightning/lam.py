@@ -16,14 +16,13 @@ from genie.lightning.common import (
     OptimConfig,
     as_dataclass,
     build_optimizer,
+    frozen_tokenizer,
     plain_data,
     random_window,
-    resolve_checkpoint,
     save_gif,
     video_grid,
 )
 from genie.metrics import ActionNMI, CodeUsage
-from genie.models.io import load_model
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 
@@ -52,7 +51,7 @@ class LAMModule(L.LightningModule):
         self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
         self.tokenizer: VideoTokenizer | None = None
         if self.cfg.input == "tokens":
-            self.tokenizer = _frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
+            self.tokenizer = frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
             tokenizer_model = plain_data(self.tokenizer.cfg)
             if tuple(self.cfg.grid) != tuple(self.tokenizer.cfg.grid):
                 raise ValueError(
@@ -162,19 +161,3 @@ class LAMModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return build_optimizer(self.model, self.optim_cfg)
-
-
-def _frozen_tokenizer(ckpt: str | None, config: dict[str, Any] | None, option: str) -> VideoTokenizer:
-    """The tokenizer a later stage works on: from its checkpoint, or (when this module's own checkpoint is
-    being restored) empty from the saved config — the weights then come with this module's state dict."""
-    if config is not None:
-        from genie.models.io import config_from_dict
-
-        tokenizer = VideoTokenizer(config_from_dict("tokenizer", dict(config)))
-    else:
-        path = resolve_checkpoint(ckpt, "tokenizer", option)
-        loaded = load_model(path, "tokenizer")
-        assert isinstance(loaded, VideoTokenizer)
-        tokenizer = loaded
-    tokenizer.eval().requires_grad_(False)
-    return tokenizer
