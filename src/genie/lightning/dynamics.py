@@ -36,6 +36,13 @@ from genie.models.lam import LAMConfig, LatentActionModel
 ActionSource = Literal["lam", "true", "cotrain"]
 
 
+def masked_accuracy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Tensor) -> Tensor:
+    """Share of masked positions whose most likely code is the true one (0 when nothing is masked)."""
+    if not mask_BTS.any():
+        return logits_BTSV.new_zeros(())
+    return (logits_BTSV.argmax(-1)[mask_BTS] == targets_BTS[mask_BTS]).float().mean()
+
+
 def frame_psnr(a: Tensor, b: Tensor) -> Tensor:
     """PSNR per example of ``frame_BCHW`` pairs in [0, 1]."""
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -182,8 +189,7 @@ class DynamicsModule(L.LightningModule):
         else:
             actions = self._actions(video, batch, start, stop)
         loss, logits, mask = self.model.loss(tokens, actions)
-        targets = tokens.flatten(2)
-        acc = (logits.argmax(-1)[mask] == targets[mask]).float().mean() if mask.any() else loss.new_zeros(())
+        acc = masked_accuracy(logits, tokens.flatten(2), mask)
         total = loss + self.lam_loss_weight * lam_loss
         n = video.shape[0]
         self.log_dict({"train/loss": loss, "train/token_acc": acc, **logs}, batch_size=n)
@@ -199,10 +205,9 @@ class DynamicsModule(L.LightningModule):
             self.val_nmi.update(actions, batch["actions"])
         gen = torch.Generator(device=video.device).manual_seed(1000 + batch_idx)
         loss, logits, mask = self.model.loss(tokens, actions, gen)
-        targets = tokens.flatten(2)
         self.val_loss.update(loss)
         if mask.any():
-            self.val_acc.update((logits.argmax(-1)[mask] == targets[mask]).float().mean())
+            self.val_acc.update(masked_accuracy(logits, tokens.flatten(2), mask))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=b)
         self.log("val/token_acc", self.val_acc, batch_size=b)
         if self.eval_batches is None or batch_idx < self.eval_batches:
