@@ -4,9 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,video
+EXTRAS ?= dev,video,metrics,play
 
-.PHONY: install test lint format typecheck pytest demo bench clean
+.PHONY: install browser test lint format typecheck pytest demo bench clean
 
 install: $(STAMP)
 
@@ -28,7 +28,16 @@ format: install
 typecheck: install
 	$(VENV)/bin/mypy src
 
-pytest: install
+# Headless Chromium + chromedriver (Debian packages) for the play-page test; skipped with a reason if this fails.
+browser:
+	@if command -v chromedriver >/dev/null && { command -v chromium || command -v chromium-browser; } >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	    || echo "[make] could not install chromium + chromium-driver: the play-page browser test will skip"; \
+	else echo "[make] no apt-get: the play-page browser test will skip"; fi
+
+pytest: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

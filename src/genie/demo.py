@@ -80,7 +80,7 @@ def play_gif(out_root: Path, clips: int = 2, seed: int = 0) -> Path:
     import torch
 
     from genie.data.pipeline import ClipStream
-    from genie.lightning.common import save_gif, video_grid
+    from genie.media import save_gif, video_grid
     from genie.models import Genie
 
     genie = Genie.from_checkpoints(out_root / "dynamics" / "checkpoints" / "last.ckpt")

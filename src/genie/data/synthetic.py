@@ -58,8 +58,7 @@ _JUMP_BODY = np.array([250, 200, 20], np.uint8)
 _COIN = (250, 215, 0)
 
 _GRAVITY = 0.6
-_JUMP_SPEED = 5.2
-_RUN_SPEED = 2.0
+_JUMP_SPEED = 5.2  # at sprite_scale 1
 _MAX_FALL = 6.0
 
 
@@ -76,6 +75,8 @@ class PlatformerConfig:
     num_coins: int = 20
     camera_deadzone: float = 0.0  # > 0: the camera scrolls only when the player leaves the middle band
     parallax: float = 0.5  # background scroll speed relative to the foreground (1: no parallax)
+    run_speed: float = 2.0  # logical pixels per frame
+    sprite_scale: int = 1  # the player is 6x8 logical pixels times this
 
 
 class PlatformerWorld:
@@ -87,15 +88,23 @@ class PlatformerWorld:
         self.view_w = max(16, round(_LOGICAL_H * self.cfg.width / self.cfg.height))
         ww = max(self.cfg.world_width, 4 * self.view_w)
         self.world_w = ww
+        k = max(1, int(self.cfg.sprite_scale))
+        self.sprites = {
+            run: np.kron(sprite, np.ones((k, k), np.uint8))
+            for run, sprite in ((False, _PLAYER), (True, _PLAYER_RUN))
+        }
+        self.ph, self.pw = self.sprites[False].shape
+        # A bigger player jumps proportionally higher (apex ~14 px above its head at any scale).
+        self.jump_speed = _JUMP_SPEED * float(np.sqrt((self.ph + 14.5) / (_PLAYER.shape[0] + 14.5)))
         theme = _THEMES[int(self.rng.integers(len(_THEMES)))]
         self._build_layers(theme)
         self.x = float(self.rng.integers(self.view_w // 2, ww - self.view_w // 2))
-        self.y = float(self._surface_below(self.x, 0.0)) - _PLAYER.shape[0]
+        self.y = float(self._surface_below(self.x, 0.0)) - self.ph
         self.vy = 0.0
         self.facing = 1
         self.running = False
         self.jump_held = False
-        self.cam = float(np.clip(self.x + _PLAYER.shape[1] / 2 - self.view_w / 2, 0, ww - self.view_w))
+        self.cam = float(np.clip(self.x + self.pw / 2 - self.view_w / 2, 0, ww - self.view_w))
 
     def _build_layers(self, theme: tuple[tuple[int, int, int], ...]) -> None:
         sky, hills, clouds, ground, texture, platform, edge = (np.array(c, np.uint8) for c in theme)
@@ -128,7 +137,7 @@ class PlatformerWorld:
         fg[self.ground_y, solid[self.ground_y]] = edge
         for _ in range(self.cfg.num_platforms):
             px, pw = int(rng.integers(0, ww - 24)), int(rng.integers(12, 28))
-            py = int(rng.integers(self.ground_y - 36, self.ground_y - 10))
+            py = int(rng.integers(self.ground_y - self.ph - 28, self.ground_y - self.ph - 2))
             solid[py : py + 4, px : px + pw] = True
             fg[py : py + 4, px : px + pw] = platform
             fg[py, px : px + pw] = edge
@@ -141,15 +150,16 @@ class PlatformerWorld:
 
     def _surface_below(self, x: float, y: float) -> int:
         """Top row of the first solid cell under the player's feet at or below ``y`` (or the floor of the world)."""
-        cols = slice(int(x), int(x) + _PLAYER.shape[1])
+        cols = slice(int(x), int(x) + self.pw)
         solid_rows = np.nonzero(self.solid[int(max(y, 0)) :, cols].any(1))[0]
         return int(max(y, 0)) + int(solid_rows[0]) if len(solid_rows) else _LOGICAL_H + 20
 
     def step(self, action: int) -> None:
         """Advance physics by one frame (1/10 s of game time at the dataset's 10 FPS)."""
         name = ACTIONS[action]
-        ph, pw = _PLAYER.shape
-        dx = (-_RUN_SPEED if "left" in name else 0.0) + (_RUN_SPEED if "right" in name else 0.0)
+        ph, pw = self.ph, self.pw
+        speed = self.cfg.run_speed
+        dx = (-speed if "left" in name else 0.0) + (speed if "right" in name else 0.0)
         self.running, self.jump_held = bool(dx), "jump" in name
         if dx:
             self.facing = 1 if dx > 0 else -1
@@ -160,7 +170,7 @@ class PlatformerWorld:
         feet = int(self.y) + ph
         on_ground = 0 <= feet < _LOGICAL_H and self.solid[feet, int(self.x) : int(self.x) + pw].any()
         if "jump" in name and on_ground:
-            self.vy = -_JUMP_SPEED
+            self.vy = -self.jump_speed
         self.vy = min(self.vy + _GRAVITY, _MAX_FALL)
         ny = self.y + self.vy
         if self.vy > 0:  # falling: land on the first surface crossed
@@ -177,7 +187,7 @@ class PlatformerWorld:
 
     def _follow(self) -> None:
         """Dead-zone camera (as in most platformers): scroll only to keep the player in the middle band."""
-        vw, pw = self.view_w, _PLAYER.shape[1]
+        vw, pw = self.view_w, self.pw
         margin = vw * (1 - self.cfg.camera_deadzone) / 2
         centre = self.x + pw / 2
         if centre - self.cam < margin:
@@ -188,13 +198,13 @@ class PlatformerWorld:
 
     def render(self) -> np.ndarray:
         """The current view as ``frame_HW3`` uint8 at the configured size."""
-        vw, ph, pw = self.view_w, *_PLAYER.shape
+        vw, ph, pw = self.view_w, self.ph, self.pw
         cam = int(self.cam)
         bx = int(cam * self.cfg.parallax)
         bg = self.background[:, bx : bx + vw]
         fg = self.foreground[:, cam : cam + vw]
         frame = np.where(self.opaque[:, cam : cam + vw, None], fg, bg)
-        sprite = _PLAYER_RUN if self.running else _PLAYER
+        sprite = self.sprites[self.running]
         sprite = sprite[:, ::-1] if self.facing < 0 else sprite
         colours = _PLAYER_COLOURS.copy()
         if self.jump_held:

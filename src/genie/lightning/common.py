@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor, nn
+from torch import nn
 
 from genie.models.io import config_from_dict, load_model
 from genie.models.tokenizer import VideoTokenizer
@@ -83,37 +81,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def to_uint8_frames(video_TCHW: Tensor) -> np.ndarray:
-    """[0, 1] float frames → ``frames_THW3`` uint8."""
-    return (video_TCHW.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def video_grid(videos: list[Tensor], scale: int = 2) -> np.ndarray:
-    """Stack videos (each ``video_BTCHW``) as rows: returns ``frames_THW3`` where each frame is a grid
-    with one row per (video, batch item) pair."""
-    rows = []
-    for v in videos:
-        for b in range(v.shape[0]):
-            rows.append(to_uint8_frames(v[b]))
-    grid = np.concatenate(rows, axis=1)  # stack along height
-    if scale > 1:
-        grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
-    return grid
-
-
-def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
-    """Write an animated GIF (looping) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames_THW3]
-    tmp = path.with_name(path.name + ".tmp")
-    images[0].save(
-        tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
-    )
-    tmp.replace(path)
-    return path
 
 
 def resolve_checkpoint(pattern: str | Path | None, what: str, option: str) -> Path:

@@ -25,10 +25,10 @@ from genie.lightning.common import (
     plain_data,
     random_window,
     resolve_checkpoint,
-    save_gif,
-    video_grid,
 )
+from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI
+from genie.metrics.video import frame_psnr
 from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
 from genie.models.io import config_from_dict, load_model
 from genie.models.lam import LAMConfig, LatentActionModel
@@ -41,12 +41,6 @@ def masked_accuracy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Tensor) 
     if not mask_BTS.any():
         return logits_BTSV.new_zeros(())
     return (logits_BTSV.argmax(-1)[mask_BTS] == targets_BTS[mask_BTS]).float().mean()
-
-
-def frame_psnr(a: Tensor, b: Tensor) -> Tensor:
-    """PSNR per example of ``frame_BCHW`` pairs in [0, 1]."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
 
 
 class DynamicsModule(L.LightningModule):

@@ -19,9 +19,8 @@ from genie.lightning.common import (
     frozen_tokenizer,
     plain_data,
     random_window,
-    save_gif,
-    video_grid,
 )
+from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI, CodeUsage
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.tokenizer import VideoTokenizer

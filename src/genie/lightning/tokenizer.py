@@ -16,9 +16,8 @@ from genie.lightning.common import (
     as_dataclass,
     build_optimizer,
     plain_data,
-    save_gif,
-    video_grid,
 )
+from genie.media import save_gif, video_grid
 from genie.models.tokenizer import TokenizerConfig, VideoTokenizer
 
 

@@ -1,5 +1,19 @@
-"""Evaluation metrics (torchmetrics API): latent-action usage and NMI."""
+"""Evaluation metrics (torchmetrics API): latent-action usage, NMI and probe; FVD; ΔtPSNR.
 
-from genie.metrics.actions import ActionNMI, CodeUsage, nmi_from_counts
+``genie.metrics.i3d`` (the FVD feature network) loads lazily: it needs the ``metrics`` extra's weights.
+"""
 
-__all__ = ["ActionNMI", "CodeUsage", "nmi_from_counts"]
+from genie.metrics.actions import ActionNMI, CodeUsage, fit_action_map, nmi_from_counts, probe_accuracy
+from genie.metrics.video import FrechetVideoDistance, delta_psnr, frame_psnr, frechet_distance
+
+__all__ = [
+    "ActionNMI",
+    "CodeUsage",
+    "FrechetVideoDistance",
+    "delta_psnr",
+    "fit_action_map",
+    "frame_psnr",
+    "frechet_distance",
+    "nmi_from_counts",
+    "probe_accuracy",
+]

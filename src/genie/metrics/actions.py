@@ -64,3 +64,38 @@ class CodeUsage(Metric):
 
     def compute(self) -> Tensor:
         return (self.counts > 0).float().mean()
+
+
+def fit_action_map(source: Tensor, target: Tensor, num_source: int) -> Tensor:
+    """The most frequent ``target`` id of each ``source`` id (``map_[s]``), from labelled pairs.
+
+    Genie App. F maps latent to real actions this way from ~200 labelled transitions. Source ids never seen
+    in the labelled pairs map to the overall most frequent target; ties go to the smallest id.
+    """
+    source, target = source.reshape(-1).long(), target.reshape(-1).long()
+    if source.numel() == 0:
+        raise ValueError("fit_action_map needs at least one labelled pair")
+    num_target = int(target.max()) + 1
+    counts = torch.zeros(num_source, num_target, dtype=torch.long, device=source.device)
+    counts.index_put_((source, target), torch.ones_like(source), accumulate=True)
+    fallback = counts.sum(0).argmax()
+    return torch.where(counts.sum(1) > 0, counts.argmax(1), fallback)
+
+
+def probe_accuracy(
+    latent: Tensor, true: Tensor, num_latent: int, num_labels: int = 200, seed: int = 0
+) -> tuple[float, Tensor]:
+    """Latent→real action probe: fit :func:`fit_action_map` on ``num_labels`` random labelled transitions
+    and return its accuracy on all the others, with the map. Transitions with ``true < 0`` are ignored."""
+    latent, true = latent.reshape(-1).long(), true.reshape(-1).long()
+    keep = true >= 0
+    latent, true = latent[keep], true[keep]
+    if latent.numel() <= num_labels:
+        raise ValueError(
+            f"the probe needs more than {num_labels} labelled transitions to hold some out, got {latent.numel()}; "
+            "evaluate more clips or lower probe_labels"
+        )
+    order = torch.randperm(latent.numel(), generator=torch.Generator().manual_seed(seed)).to(latent.device)
+    fit, held = order[:num_labels], order[num_labels:]
+    mapping = fit_action_map(latent[fit], true[fit], num_latent)
+    return float((mapping[latent[held]] == true[held]).float().mean()), mapping

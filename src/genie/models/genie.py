@@ -120,7 +120,7 @@ class Genie(nn.Module):
             arr = np.asarray(prompt)
             if arr.dtype == object:
                 raise ValueError(f"cannot read a prompt of type {type(prompt).__name__}; pass an image array")
-            x = torch.from_numpy(np.ascontiguousarray(arr))
+            x = torch.from_numpy(np.array(arr))  # a copy: inputs may be read-only
             channels_last = x.ndim >= 3
         if not x.is_floating_point():
             x = x.float() / 255.0

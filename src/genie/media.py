@@ -1,0 +1,120 @@
+"""Reading prompt images and writing videos (GIF, MP4, strip PNG): numpy/PIL/PyAV, no Lightning.
+
+Every writer goes to a temporary name first and renames, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+
+def to_uint8_frames(video_TCHW: Tensor) -> np.ndarray:
+    """[0, 1] float frames → ``frames_THW3`` uint8."""
+    return (video_TCHW.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def video_grid(videos: list[Tensor], scale: int = 2) -> np.ndarray:
+    """Stack videos (each ``video_BTCHW``, same T) as rows: returns ``frames_THW3`` where each frame is a
+    grid with one row per (video, batch item) pair."""
+    rows = []
+    for v in videos:
+        for b in range(v.shape[0]):
+            rows.append(to_uint8_frames(v[b]))
+    grid = np.concatenate(rows, axis=1)  # stack along height
+    if scale > 1:
+        grid = grid.repeat(scale, axis=1).repeat(scale, axis=2)
+    return grid
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
+    """Write an animated GIF (looping) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f) for f in frames_THW3]
+    tmp = _tmp(path)
+    images[0].save(
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def save_mp4(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
+    """Write an H.264 MP4 (yuv420p, so any player opens it) with PyAV (the ``video`` extra)."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("writing MP4 needs PyAV: pip install 'genie-world-model[video]'") from err
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.asarray(frames_THW3)
+    h, w = frames.shape[1:3]
+    # yuv420p needs even sides: pad by repeating the last row/column
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    tmp = _tmp(path)
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in frames:
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            ):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path
+
+
+def save_strip(frames_THW3: np.ndarray, path: str | Path, gap: int = 2) -> Path:
+    """All frames side by side in one PNG (a white ``gap`` between them)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.asarray(frames_THW3)
+    t, h, w = frames.shape[:3]
+    strip = np.full((h, t * w + (t - 1) * gap, 3), 255, np.uint8)
+    for i, f in enumerate(frames):
+        strip[:, i * (w + gap) : i * (w + gap) + w] = f
+    tmp = _tmp(path)
+    Image.fromarray(strip).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def fit_image(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """Resize (short side) and centre-crop to ``size`` = (H, W): ``frame_HW3`` uint8 and what was done."""
+    image = image.convert("RGB")
+    th, tw = size
+    w, h = image.size
+    if (h, w) == (th, tw):
+        return np.asarray(image, dtype=np.uint8), None
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    frame = np.asarray(resized.crop((left, top, left + tw, top + th)), dtype=np.uint8)
+    return frame, f"prompt image {w}x{h} resized to {nw}x{nh} and centre-cropped to {tw}x{th} (WxH)"
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """A prompt image file (PNG/JPG/…) as ``frame_HW3`` uint8 at ``size``, with a message when it was fitted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt image {path} does not exist; pass a PNG or JPG file")
+    try:
+        with Image.open(path) as image:
+            return fit_image(image, size)
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read prompt image {path} ({err}); pass a PNG or JPG file") from err

