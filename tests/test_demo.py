@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,12 +19,24 @@ def test_demo_fast_runs_and_resumes(tmp_path: Path) -> None:
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     demo = tmp_path / "demo"
-    metrics = json.loads((demo / "metrics.json").read_text())
-    assert 0 < metrics["tokenizer"]["val/psnr"] < 60
-    assert "| tokenizer | val/psnr |" in (demo / "metrics.md").read_text()
+    summary = json.loads((demo / "metrics.json").read_text())
+    stages, evaluation = summary["stages"], summary["evaluation"]
+    assert 0 < stages["tokenizer"]["val/psnr"] < 60
+    assert 0 <= stages["lam"]["val/nmi"] <= 1 and "val/delta_psnr_t4" in stages["dynamics"]
+    for key in (
+        "tokenizer/psnr",
+        "tokenizer/ssim",
+        "lam/nmi",
+        "lam/probe_accuracy",
+        "dynamics/delta_psnr_t4",
+    ):
+        assert math.isfinite(evaluation[key]), key
+    report = (demo / "metrics.md").read_text()
+    assert "| tokenizer | val/psnr |" in report and "ΔtPSNR (t=4)" in report
     assert list((demo / "tokenizer" / "logs" / "media").glob("*.gif"))
     assert (demo / "tokenizer" / "checkpoints" / "last.ckpt").exists()
-    assert 0 <= metrics["lam"]["val/nmi"] <= 1 and "val/delta_psnr_t4" in metrics["dynamics"]
-    assert (demo / "play.gif").stat().st_size > 0
+    for name in ("play.gif", "actions.gif", "actions.mp4", "actions_strip.png"):
+        assert (demo / name).stat().st_size > 0, name
+    assert "python -m genie.play checkpoint=" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 0 and "done already" in again.stdout

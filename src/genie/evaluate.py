@@ -67,7 +67,7 @@ class Evaluator:
         self.cfg = cfg or EvalConfig()
         self.tokenizer, self.lam, self.dynamics = tokenizer, lam, dynamics
         self.sampling = sampling or SamplingConfig()
-        self.tok_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.tok_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # mean of per-frame PSNR
         self.tok_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.dyn_psnr = MeanMetric()
         self.dyn_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
