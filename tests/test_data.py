@@ -48,6 +48,22 @@ def test_synthetic_actions_change_what_happens() -> None:
     assert not np.array_equal(outs[0], outs[1])
 
 
+def test_synthetic_sprite_scale_and_run_speed() -> None:
+    """A 2x player is 12x16 logical pixels and jumps higher; run speed sets the horizontal step."""
+    from genie.data.synthetic import PlatformerWorld
+
+    small, big = PlatformerWorld(3), PlatformerWorld(3, PlatformerConfig(sprite_scale=2))
+    assert (small.pw, small.ph) == (6, 8) and (big.pw, big.ph) == (12, 16)
+    assert big.jump_speed > small.jump_speed == 5.2
+    red = np.array([220, 30, 40])
+    assert (big.render() == red).all(-1).sum() > 2 * (small.render() == red).all(-1).sum()
+    fast = PlatformerWorld(3, PlatformerConfig(run_speed=4.0))
+    slow = PlatformerWorld(3)
+    x0 = fast.x
+    fast.step(2), slow.step(2)  # right
+    assert fast.x - x0 in (0.0, 4.0) and slow.x - x0 in (0.0, 2.0)
+
+
 def test_synthetic_any_size() -> None:
     frames, _ = generate_episode(0, 3, PlatformerConfig(height=90, width=160))
     assert frames.shape == (3, 90, 160, 3)
