@@ -300,7 +300,9 @@ def run(
 
     cfg = cfg or EvalConfig()
     tok, lam_model, dyn, sampling = load_components(checkpoint, tokenizer, lam)
-    sampling = SamplingConfig(**{**(vars(sampling) if sampling else {}), **cfg.sampling})
+    sampling = SamplingConfig(
+        **{**(vars(sampling) if sampling else {}), **{k: v for k, v in cfg.sampling.items() if v is not None}}
+    )
     first = tok if tok is not None else lam_model
     assert first is not None
     size = tuple(first.cfg.hw)

@@ -9,6 +9,7 @@ Without ``prompt`` the first frame of a held-out clip from ``shards`` is used.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,21 +86,33 @@ def write_rollout(
     }
 
 
+def genie_and_prompt(cfg: Any) -> tuple[Genie, np.ndarray]:
+    """The world and its prompt frame from a generate/play config (``checkpoint``, ``sampling``, ``device``,
+    ``prompt``, ``shards``)."""
+    from omegaconf import OmegaConf
+
+    from genie.lightning.common import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(cfg.checkpoint, "dynamics", "checkpoint")
+    genie = Genie.from_checkpoints(ckpt, device=cfg.device)
+    given = OmegaConf.to_container(cfg.sampling) or {}
+    assert isinstance(given, dict)
+    overrides = {str(k): v for k, v in given.items() if v is not None}
+    genie.sampling = dataclasses.replace(genie.sampling, **overrides)
+    return genie, prompt_frame(genie, cfg.prompt, cfg.shards)
+
+
 def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from genie.lightning.common import resolve_checkpoint
     from genie.train import conf_dir
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="generate")
     def _main(cfg: DictConfig) -> None:
         OmegaConf.resolve(cfg)
         try:
-            ckpt = resolve_checkpoint(cfg.checkpoint, "dynamics", "checkpoint")
-            sampling = OmegaConf.to_container(cfg.sampling) or None
-            genie = Genie.from_checkpoints(ckpt, sampling=sampling or None, device=cfg.device)  # type: ignore[arg-type]
-            frame = prompt_frame(genie, cfg.prompt, cfg.shards)
+            genie, frame = genie_and_prompt(cfg)
             spec = OmegaConf.to_container(cfg.actions) if OmegaConf.is_list(cfg.actions) else cfg.actions
             actions = parse_actions(spec, genie.num_actions, cfg.steps, cfg.seed)
             video = generate(genie, frame, actions, cfg.seed)

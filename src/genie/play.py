@@ -110,6 +110,10 @@ def png_data_url(frame: np.ndarray) -> str:
 
 
 KEYS = "123456789"
+PLAY_EXTRA = (
+    "the play page needs the play extra: pip install 'genie-world-model[play]' "
+    "(or play in the terminal with terminal=true)"
+)
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>genie — play</title>
@@ -187,10 +191,7 @@ def make_app(session: PlaySession) -> Any:
         from starlette.responses import HTMLResponse, JSONResponse, Response
         from starlette.routing import Route
     except ImportError as err:
-        raise ImportError(
-            "the play page needs the play extra: pip install 'genie-world-model[play]' "
-            "(or play in the terminal with terminal=true)"
-        ) from err
+        raise ImportError(PLAY_EXTRA) from err
     import anyio
 
     lock = anyio.Lock()
@@ -257,10 +258,7 @@ def serve(session: PlaySession, host: str = "127.0.0.1", port: int = 7860) -> No
     try:
         import uvicorn
     except ImportError as err:
-        raise ImportError(
-            "the play page needs the play extra: pip install 'genie-world-model[play]' "
-            "(or play in the terminal with terminal=true)"
-        ) from err
+        raise ImportError(PLAY_EXTRA) from err
     app = make_app(session)
     print(f"[genie] play at http://{host}:{port}/  (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -316,18 +314,14 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    from genie.generate import prompt_frame
-    from genie.lightning.common import resolve_checkpoint
+    from genie.generate import genie_and_prompt
     from genie.train import conf_dir
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="play")
     def _main(cfg: DictConfig) -> None:
         OmegaConf.resolve(cfg)
         try:
-            ckpt = resolve_checkpoint(cfg.checkpoint, "dynamics", "checkpoint")
-            sampling = OmegaConf.to_container(cfg.sampling) or None
-            genie = Genie.from_checkpoints(ckpt, sampling=sampling, device=cfg.device)  # type: ignore[arg-type]
-            frame = prompt_frame(genie, cfg.prompt, cfg.shards)
+            genie, frame = genie_and_prompt(cfg)
             session = PlaySession(genie, frame, seed=cfg.seed)
             if cfg.terminal:
                 play_terminal(session)
