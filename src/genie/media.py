@@ -5,6 +5,7 @@ Every writer goes to a temporary name first and renames, so a crash never leaves
 
 from __future__ import annotations
 
+import io
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -36,15 +37,22 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def gif_bytes(frames_THW3: np.ndarray, fps: int = 10) -> bytes:
+    """An animated, looping GIF of ``frames_THW3`` uint8, in memory."""
+    images = [Image.fromarray(f) for f in frames_THW3]
+    buf = io.BytesIO()
+    images[0].save(
+        buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
+    return buf.getvalue()
+
+
 def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
     """Write an animated GIF (looping) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames_THW3]
     tmp = _tmp(path)
-    images[0].save(
-        tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
-    )
+    tmp.write_bytes(gif_bytes(frames_THW3, fps))
     os.replace(tmp, path)
     return path
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genie.media import fit_image, to_uint8_frames
+from genie.media import fit_image, gif_bytes, to_uint8_frames
 from genie.models.genie import Genie
 
 
@@ -85,12 +85,7 @@ class PlaySession:
 
     def gif_bytes(self, scale: int = 4, fps: int = 5) -> bytes:
         frames = to_uint8_frames(self.genie.frames[0])
-        images = [Image.fromarray(f) for f in frames.repeat(scale, axis=1).repeat(scale, axis=2)]
-        buf = io.BytesIO()
-        images[0].save(
-            buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
-        )
-        return buf.getvalue()
+        return gif_bytes(frames.repeat(scale, axis=1).repeat(scale, axis=2), fps)
 
     def state(self, note: str | None = None) -> dict[str, Any]:
         return {
