@@ -43,6 +43,7 @@ PARTNERS = {
     "dynamics_tiny": ("tokenizer_tiny", "lam_tiny"),
     "cotrain_tiny": ("tokenizer_tiny", "lam_tiny"),
     "coinrun_dynamics": ("coinrun_tokenizer", "coinrun_lam"),
+    "coinrun_dynamics_tiny": ("coinrun_tiny", "coinrun_lam_tiny"),
 }
 PAPER_PARTNERS = ("tokenizer_200m", "lam_300m")
 SCALING = {  # experiment: nominal params (Genie Fig. 9 and §3)

@@ -78,7 +78,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
     OmegaConf.resolve(cfg)
-    train(cfg)
+    try:
+        train(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as err:  # bad input: one line, exit code 1
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

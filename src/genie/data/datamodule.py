@@ -19,6 +19,7 @@ class ClipDataModule(L.LightningDataModule):
 
     ``synthetic``: keyword arguments of :func:`genie.data.synthetic.write_synthetic_shards`; when given and
     the shards are missing, ``prepare_data`` generates them (once per node) before training starts.
+    ``make_hint``: the command that makes the shards, named in the error when they are missing.
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class ClipDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
+        make_hint: str | None = None,
     ) -> None:
         super().__init__()
         self.train_shards = train_shards
@@ -49,15 +51,21 @@ class ClipDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.synthetic = dict(synthetic) if synthetic else None
+        self.make_hint = make_hint
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             write_synthetic_shards(**self.synthetic)
         missing = [p for p in _patterns(self.train_shards) + _patterns(self.val_shards) if not _matches(p)]
         if missing:
+            how = (
+                f"make them with `{self.make_hint}`"
+                if self.make_hint
+                else "write shards there (README: 'Data')"
+            )
             raise FileNotFoundError(
-                f"no shards match {missing[0]!r}; write shards there (README: 'Data') or point "
-                "data.train_shards / data.val_shards at existing ones"
+                f"no shards match {missing[0]!r}; {how} or point data.train_shards / data.val_shards at "
+                "existing ones"
             )
 
     def stream(self, split: str, repeat: bool) -> ClipStream:
