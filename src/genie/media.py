@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+import torch
 from torch import Tensor
 
 
@@ -102,18 +103,17 @@ def save_strip(frames_THW3: np.ndarray, path: str | Path, gap: int = 2) -> Path:
 
 
 def fit_image(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
-    """Resize (short side) and centre-crop to ``size`` = (H, W): ``frame_HW3`` uint8 and what was done."""
-    image = image.convert("RGB")
+    """Resize (short side) and centre-crop to ``size`` = (H, W) exactly as training frames are
+    (:func:`genie.data.pipeline.resize_crop`): ``frame_HW3`` uint8 and what was done."""
+    from genie.data.pipeline import resize_crop
+
+    frame = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    h, w = frame.shape[:2]
     th, tw = size
-    w, h = image.size
     if (h, w) == (th, tw):
-        return np.asarray(image, dtype=np.uint8), None
-    scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-    resized = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    frame = np.asarray(resized.crop((left, top, left + tw, top + th)), dtype=np.uint8)
-    return frame, f"prompt image {w}x{h} resized to {nw}x{nh} and centre-cropped to {tw}x{th} (WxH)"
+        return frame, None
+    fitted = resize_crop(torch.from_numpy(frame).permute(2, 0, 1)[None], (th, tw))[0]
+    return fitted.permute(1, 2, 0).numpy(), f"prompt image {w}x{h} resized and centre-cropped to {tw}x{th} (WxH)"
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:

@@ -175,14 +175,27 @@ class ClipStream(IterableDataset):
                 return
 
 
-def resize_crop(video_TCHW: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize (keeping aspect, short side first) then centre-crop uint8 frames to ``size`` = (H, W)."""
+def resize_crop(video_TCHW: torch.Tensor, size: tuple[int, int], fit: str = "crop") -> torch.Tensor:
+    """Fit uint8 frames to ``size`` = (H, W) keeping their aspect: ``fit="crop"`` resizes the short side to the
+    target and centre-crops the rest; ``fit="pad"`` resizes the long side and pads (black, centred)."""
     h, w = video_TCHW.shape[-2:]
     th, tw = size
     if (h, w) == (th, tw):
         return video_TCHW
-    scale = max(th / h, tw / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    if fit not in ("crop", "pad"):
+        raise ValueError(f"fit must be 'crop' or 'pad', got {fit!r}")
+    if fit == "crop":
+        scale = max(th / h, tw / w)
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    else:
+        scale = min(th / h, tw / w)
+        nh, nw = min(th, max(1, round(h * scale))), min(tw, max(1, round(w * scale)))
     x = F.interpolate(video_TCHW.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - th) // 2, (nw - tw) // 2
-    return x[..., top : top + th, left : left + tw].round().clamp(0, 255).to(torch.uint8)
+    x = x.round().clamp(0, 255).to(torch.uint8)
+    if fit == "crop":
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        return x[..., top : top + th, left : left + tw]
+    out = torch.zeros((*x.shape[:-2], th, tw), dtype=torch.uint8)
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    out[..., top : top + nh, left : left + nw] = x
+    return out
