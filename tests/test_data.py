@@ -220,7 +220,11 @@ def test_resize_crop_keeps_aspect() -> None:
     assert out[0, 0, 32, 32] == 255 and out[0, 0, 32, 0] == 0
     padded = resize_crop(torch.full((1, 3, 90, 160), 200, dtype=torch.uint8), (64, 64), fit="pad")
     assert padded.shape == (1, 3, 64, 64)  # 160x90 -> 64x36 centred, black bars above and below
-    assert (padded[..., :14, :] == 0).all() and (padded[..., 50:, :] == 0).all() and (padded[..., 14:50, :] == 200).all()
+    assert (
+        (padded[..., :14, :] == 0).all()
+        and (padded[..., 50:, :] == 0).all()
+        and (padded[..., 14:50, :] == 200).all()
+    )
     with pytest.raises(ValueError, match="fit must be"):
         resize_crop(video, (64, 64), fit="stretch")
 

@@ -11,8 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 
@@ -88,16 +88,19 @@ def save_mp4(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
 
 
 def save_strip(frames_THW3: np.ndarray, path: str | Path, gap: int = 2) -> Path:
-    """All frames side by side in one PNG (a white ``gap`` between them)."""
+    """All frames side by side in one PNG (a white ``gap`` between them); ``frames_RTHW3`` gives one row per
+    clip (a contact sheet)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(frames_THW3)
-    t, h, w = frames.shape[:3]
-    strip = np.full((h, t * w + (t - 1) * gap, 3), 255, np.uint8)
-    for i, f in enumerate(frames):
-        strip[:, i * (w + gap) : i * (w + gap) + w] = f
+    rows = frames if frames.ndim == 5 else frames[None]
+    r, t, h, w = rows.shape[:4]
+    sheet = np.full((r * h + (r - 1) * gap, t * w + (t - 1) * gap, 3), 255, np.uint8)
+    for j, row in enumerate(rows):
+        for i, f in enumerate(row):
+            sheet[j * (h + gap) : j * (h + gap) + h, i * (w + gap) : i * (w + gap) + w] = f
     tmp = _tmp(path)
-    Image.fromarray(strip).save(tmp, format="PNG")
+    Image.fromarray(sheet).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
 
@@ -113,7 +116,9 @@ def fit_image(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, st
     if (h, w) == (th, tw):
         return frame, None
     fitted = resize_crop(torch.from_numpy(frame).permute(2, 0, 1)[None], (th, tw))[0]
-    return fitted.permute(1, 2, 0).numpy(), f"prompt image {w}x{h} resized and centre-cropped to {tw}x{th} (WxH)"
+    return fitted.permute(
+        1, 2, 0
+    ).numpy(), f"prompt image {w}x{h} resized and centre-cropped to {tw}x{th} (WxH)"
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:

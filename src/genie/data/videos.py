@@ -167,13 +167,16 @@ def clip_scores(
     static_threshold: float = 0.5,
     cut_threshold: float = 0.5,
     black_level: float = 16.0,
+    cut_ratio: float = 2.5,
+    cut_min: float = 6.0,
 ) -> dict[str, float]:
     """Cheap per-clip quality heuristics (all in [0, 1] except ``scene_cuts``, a count):
 
     - ``static_ratio``: frame pairs whose mean |difference| (0-255) is below ``static_threshold``;
-    - ``scene_cuts``: pairs whose colour histograms differ by more than ``cut_threshold`` (L1 / 2);
+    - ``scene_cuts``: pairs whose colour histograms differ by more than ``cut_threshold`` (L1 / 2), or whose
+      mean |difference| exceeds both ``cut_min`` and ``cut_ratio`` × (the clip's median difference + 1);
     - ``black_ratio``: frames whose mean brightness is below ``black_level``;
-    - ``overlay_ratio``: pixels that never change while the clip moves (logos, HUDs, letterbox bars);
+    - ``overlay_ratio``: textured pixels that never change while the clip moves (logos, HUDs, borders);
     - ``spatial_noise``: mean |difference| between horizontal neighbours / 255 (snow, noise, corrupt frames);
     - ``motion``: mean |frame difference| / 255.
     """
@@ -189,12 +192,19 @@ def clip_scores(
     hists /= hists.sum(axis=1, keepdims=True) / 3
     hist_jump = np.abs(np.diff(hists, axis=0)).sum(axis=1) / 6 if t > 1 else np.zeros(0, np.float32)
     moving = diffs.mean() >= static_threshold if t > 1 else False
+    median = float(np.median(diffs)) if t > 1 else 0.0
     still = (np.abs(np.diff(x, axis=0)).max(axis=(0, 3)) < 2.0) if t > 1 else np.ones(x.shape[1:3], bool)
+    gray = x[0].mean(-1)
+    edges = np.zeros(gray.shape, bool)  # textured pixels of the first frame (flat sky is not an overlay)
+    edges[:, 1:] |= np.abs(np.diff(gray, axis=1)) > 24
+    edges[1:, :] |= np.abs(np.diff(gray, axis=0)) > 24
     return {
         "static_ratio": float((diffs < static_threshold).mean()) if t > 1 else 1.0,
-        "scene_cuts": float((hist_jump > cut_threshold).sum()),
+        "scene_cuts": float(
+            ((hist_jump > cut_threshold) | (diffs > max(cut_min, cut_ratio * (median + 1)))).sum()
+        ),
         "black_ratio": float((x.mean(axis=(1, 2, 3)) < black_level).mean()),
-        "overlay_ratio": float(still.mean()) if moving else 0.0,
+        "overlay_ratio": float((still & edges).sum() / max(edges.sum(), 1)) if moving else 0.0,
         "spatial_noise": float(np.abs(np.diff(x, axis=2)).mean() / 255),
         "motion": float(diffs.mean() / 255) if t > 1 else 0.0,
     }
