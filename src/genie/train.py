@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,18 +39,115 @@ def _scalar(value: Any) -> Any:
         return str(value)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Build everything from ``cfg``, fit, evaluate on the held-out shards; returns the final metrics."""
+def checkpoint_step(path: str | Path) -> int:
+    """The global step stored in a Lightning checkpoint; ``ValueError`` if the file is truncated or corrupt."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["global_step"])
+    except Exception as err:  # truncated zip, bad pickle, missing key
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err})") from err
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def _step_of_name(path: Path) -> int:
+    digits = "".join(c for c in path.stem if c.isdigit())
+    return int(digits) if digits else -1
+
+
+def find_resume_checkpoint(out_dir: Path, overrides: list[str]) -> tuple[Path | None, int, list[str]]:
+    """The newest readable checkpoint of an unfinished run of the same command, its step, and notes.
+
+    Runs are the sibling folders of ``out_dir`` (``outputs/<task>/<time>``, this one included) whose
+    ``.hydra/overrides.yaml`` equals ``overrides`` and that have no ``metrics.json`` (which is written when a
+    run completes) and no ``.resumed_by`` (a later run took over). Within a run ``last.ckpt`` is tried first, then the step checkpoints, newest first; an
+    unreadable (truncated) file is reported and the previous one used.
+    """
+    import yaml
+
+    wanted = sorted(o for o in overrides if not o.startswith(("ckpt_path=", "resume=")))
+    runs: list[tuple[float, list[Path]]] = []
+    for run in out_dir.parent.iterdir() if out_dir.parent.is_dir() else []:
+        ov = run / ".hydra" / "overrides.yaml"
+        if (
+            not run.is_dir()
+            or not ov.exists()
+            or (run / "metrics.json").exists()
+            or (run / ".resumed_by").exists()
+        ):
+            continue
+        try:
+            theirs = sorted(
+                o
+                for o in (yaml.safe_load(ov.read_text()) or [])
+                if not o.startswith(("ckpt_path=", "resume="))
+            )
+        except yaml.YAMLError:
+            continue
+        ckpts = [p for p in (run / "checkpoints").glob("*.ckpt")] if (run / "checkpoints").is_dir() else []
+        if theirs == wanted and ckpts:
+            runs.append((max(p.stat().st_mtime for p in ckpts), ckpts))
+    notes: list[str] = []
+    for _, ckpts in sorted(runs, key=lambda r: r[0], reverse=True):
+        ordered = sorted(
+            ckpts, key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime, _step_of_name(p)), reverse=True
+        )
+        for path in ordered:
+            try:
+                return path, checkpoint_step(path), notes
+            except ValueError as err:
+                notes.append(f"{err}; trying the previous checkpoint")
+    return None, 0, notes
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Build everything from ``cfg``, fit, evaluate on the held-out shards; returns the final metrics.
+
+    ``overrides`` (the command line's, from Hydra) enables automatic resumption: with ``resume=true`` an
+    unfinished earlier run of the same command continues from its newest readable checkpoint.
+    """
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = cfg.get("ckpt_path")
+    resume_step = 0
+    if ckpt_path:
+        resume_step = checkpoint_step(ckpt_path)  # an explicit checkpoint must be readable
+    elif cfg.get("resume", False) and overrides is not None:
+        found, resume_step, notes = find_resume_checkpoint(out_dir, overrides)
+        for note in notes:
+            print(f"[genie] {note}")
+        if found is not None:
+            ckpt_path = str(found)
+            if found.parents[1].resolve() != out_dir.resolve() and _rank() == 0:
+                # Take the checkpoint over (hard link, else copy) so that this run alone carries the job on.
+                mine = out_dir / "checkpoints" / f"resumed-step{resume_step:07d}.ckpt"
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                if not mine.exists():
+                    try:
+                        os.link(found, mine)
+                    except OSError:
+                        shutil.copy2(found, mine.with_suffix(".tmp"))
+                        os.replace(mine.with_suffix(".tmp"), mine)
+                (found.parents[1] / ".resumed_by").write_text(str(out_dir))
+                ckpt_path = str(mine)
+            print(
+                f"[genie] resuming an unfinished run of this command from {found} (step {resume_step}); "
+                "resume=false starts afresh"
+            )
     datamodule = instantiate(cfg.data)
+    if resume_step and hasattr(datamodule, "resume_step"):
+        datamodule.resume_step = resume_step  # streams cannot seek: continue with a fresh shuffle
     module = instantiate(cfg.model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     # The final weights, whatever the checkpoint interval (written to a temporary name, then renamed).
     ckpt_dir = out_dir / "checkpoints"
     tmp = ckpt_dir / "last.ckpt.tmp"
@@ -77,13 +175,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     OmegaConf.resolve(cfg)
+    hc = HydraConfig.get()
+    # Automatic resumption only for single runs: multirun jobs share a parent folder with other settings.
+    overrides = list(hc.overrides.task) if hc.mode is None or hc.mode.name == "RUN" else None
+    from hydra.errors import InstantiationException
+
     try:
-        train(cfg)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # bad input: one line, exit code 1
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        train(cfg, overrides)
+    except (ValueError, FileNotFoundError, ImportError, InstantiationException) as err:
+        # bad input (a missing file, a wrong option): one line and exit code 1, not a traceback
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(
+            cause, ValueError | FileNotFoundError | ImportError
+        ):
             raise
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {cause}") from None
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class ClipDataModule(L.LightningDataModule):
         self.seed = seed
         self.synthetic = dict(synthetic) if synthetic else None
         self.make_hint = make_hint
+        self.resume_step = 0  # set when training resumes: the train stream then starts a fresh shuffle
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -79,7 +80,7 @@ class ClipDataModule(L.LightningDataModule):
             value_range=self.value_range,
             shuffle_buffer=self.shuffle_buffer if split == "train" else 0,
             repeat=repeat,
-            seed=self.seed,
+            seed=self.seed + (7919 * self.resume_step if split == "train" else 0),
         )
 
     def _loader(self, stream: ClipStream, batch_size: int) -> DataLoader:
