@@ -136,7 +136,9 @@ class ClipStream(IterableDataset):
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames of shape {frames.shape} are not (T, H, W, 3) RGB")
         if frames.dtype != np.uint8:
-            raise ValueError(f"frames are {frames.dtype}, expected uint8 in 0-255 (write clips with ShardWriter)")
+            raise ValueError(
+                f"frames are {frames.dtype}, expected uint8 in 0-255 (write clips with ShardWriter)"
+            )
         t = frames.shape[0]
         if t < self.frames:
             raise ValueError(f"clip of {t} frames is shorter than the {self.frames} frames asked for")

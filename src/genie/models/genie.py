@@ -66,25 +66,37 @@ class Genie(nn.Module):
         device: str | torch.device = "cpu",
     ) -> Genie:
         """Load from stage checkpoints; a dynamics checkpoint already carries its tokenizer and LAM."""
-        from genie.models.io import load_model, read_checkpoint
+        from genie.models.io import checkpoint_components
 
-        ckpt = read_checkpoint(dynamics)
-        dyn = load_model(dynamics, "dynamics", ckpt)
-        tok = load_model(tokenizer, "tokenizer") if tokenizer else load_model(dynamics, "tokenizer", ckpt)
-        lam_model: nn.Module | None = None
-        if lam:
-            lam_model = load_model(lam, "lam")
-        else:
-            hp = ckpt.get("hyper_parameters") or {}
-            if hp.get("lam_model") is not None:
-                lam_model = load_model(dynamics, "lam", ckpt)
+        parts, saved = checkpoint_components(dynamics, tokenizer, lam)
+        return cls._from_parts(parts, sampling if sampling is not None else saved, str(dynamics), device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        sampling: SamplingConfig | dict[str, Any] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Genie:
+        """Load a folder written by ``tools/export.py`` (``model.safetensors`` + ``config.yaml``): no pickles,
+        no Lightning, no Hydra."""
+        from genie.models.io import load_pretrained
+
+        parts, saved = load_pretrained(path)
+        return cls._from_parts(parts, sampling if sampling is not None else saved, str(path), device)
+
+    @classmethod
+    def _from_parts(
+        cls, parts: dict[str, nn.Module], sampling: Any, source: str, device: str | torch.device
+    ) -> Genie:
+        tok, dyn, lam_model = parts.get("tokenizer"), parts.get("dynamics"), parts.get("lam")
+        if not isinstance(tok, VideoTokenizer) or not isinstance(dyn, DynamicsModel):
+            raise ValueError(
+                f"{source} holds {sorted(parts)}; a playable Genie needs a tokenizer and a dynamics model"
+            )
+        assert lam_model is None or isinstance(lam_model, LatentActionModel)
         if isinstance(sampling, dict):
             sampling = SamplingConfig(**sampling)
-        elif sampling is None:
-            saved = (ckpt.get("hyper_parameters") or {}).get("sampling")
-            sampling = SamplingConfig(**saved) if isinstance(saved, dict) else None
-        assert isinstance(tok, VideoTokenizer) and isinstance(dyn, DynamicsModel)
-        assert lam_model is None or isinstance(lam_model, LatentActionModel)
         return cls(tok, dyn, lam_model, sampling).to(device)
 
     # -- properties -----------------------------------------------------------------------------------

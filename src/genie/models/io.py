@@ -71,7 +71,13 @@ def build_from_state(stage: str, config: Any, state: dict[str, torch.Tensor], so
     """Build a ``stage`` model from its config and load ``state`` strictly, naming mismatching keys."""
     cfg = config if not isinstance(config, dict) else config_from_dict(stage, config)
     model: nn.Module = _BUILD[stage][1](cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: name the keys
+        sizes = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        raise ValueError(
+            f"{stage} weights{' in ' + source if source else ''} do not match its config: {'; '.join(sizes[:4]) or err}"
+        ) from err
     if missing or unexpected:
         raise ValueError(
             f"{stage} weights{' in ' + source if source else ''} do not match its config: "
@@ -94,3 +100,120 @@ def load_model(path: str | Path, stage: Stage, ckpt: dict[str, Any] | None = Non
         if state:
             return build_from_state(stage, hp[key], state, str(path))
     raise ValueError(f"{path} is a {own} checkpoint and holds no {stage} model; pass a {stage} checkpoint")
+
+
+# -- pretrained directories: safetensors + YAML config, no pickles, no Lightning ----------------------------
+PRETRAINED_FORMAT = "genie-pretrained"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses/tuples → dicts/lists recursively (YAML-safe)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def checkpoint_components(
+    path: str | Path, tokenizer: str | Path | None = None, lam: str | Path | None = None
+) -> tuple[dict[str, nn.Module], dict[str, Any] | None]:
+    """Every model a checkpoint holds (a dynamics one: dynamics, tokenizer, LAM), optionally replacing the
+    tokenizer/LAM with other checkpoints', and the saved sampling settings."""
+    ckpt = read_checkpoint(path)
+    stage = checkpoint_stage(ckpt)
+    hp = ckpt.get("hyper_parameters") or {}
+    parts: dict[str, nn.Module] = {stage: load_model(path, stage, ckpt)}  # type: ignore[arg-type]
+    if stage == "dynamics":
+        parts["tokenizer"] = (
+            load_model(tokenizer, "tokenizer") if tokenizer else load_model(path, "tokenizer", ckpt)
+        )
+        if lam:
+            parts["lam"] = load_model(lam, "lam")
+        elif hp.get("lam_model") is not None:
+            parts["lam"] = load_model(path, "lam", ckpt)
+    sampling = hp.get("sampling") if isinstance(hp.get("sampling"), dict) else None
+    return parts, sampling
+
+
+def save_pretrained(
+    out_dir: str | Path,
+    parts: dict[str, nn.Module],
+    sampling: Any = None,
+    source: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out_dir/model.safetensors`` (every component's weights under ``<component>.``) and
+    ``out_dir/config.yaml`` (their configs, the sampling settings). Written to a temporary folder, then renamed."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another folder or pass overwrite (--force)")
+    unknown = sorted(set(parts) - set(_BUILD))
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; expected some of {sorted(_BUILD)}")
+    tensors = {
+        f"{name}.{key}": value.detach().to("cpu").clone().contiguous()
+        for name, model in parts.items()
+        for key, value in model.state_dict().items()
+    }
+    config = {
+        "format": PRETRAINED_FORMAT,
+        "version": 1,
+        "components": {name: _plain(model.cfg) for name, model in parts.items()},
+        "sampling": _plain(sampling) if sampling is not None else None,
+        "source": source,
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": PRETRAINED_FORMAT})
+    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_pretrained(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, nn.Module], dict[str, Any] | None]:
+    """The components of a pretrained folder (``{"tokenizer": ..., "lam": ..., "dynamics": ...}``, those it
+    has) and its sampling settings. A config/weights mismatch names the mismatching keys."""
+    import yaml
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not cfg_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a pretrained genie folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "write one with tools/export.py"
+        )
+    config = yaml.safe_load(cfg_path.read_text()) or {}
+    if config.get("format") != PRETRAINED_FORMAT:
+        raise ValueError(f"{cfg_path} is not a {PRETRAINED_FORMAT} config (format: {config.get('format')!r})")
+    try:
+        tensors = load_file(str(weights_path), device=str(device))
+    except Exception as err:
+        raise ValueError(f"{weights_path} is unreadable or truncated ({err}); export it again") from err
+    parts: dict[str, nn.Module] = {}
+    components = config.get("components") or {}
+    for name, values in components.items():
+        if name not in _BUILD:
+            raise ValueError(f"{cfg_path}: unknown component {name!r}; expected some of {sorted(_BUILD)}")
+        prefix = f"{name}."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        parts[name] = build_from_state(name, dict(values), state, str(weights_path)).to(device)
+    stray = sorted({k.split(".")[0] for k in tensors} - set(components))
+    if stray:
+        raise ValueError(f"{weights_path} has weights for {stray} that {cfg_path} does not describe")
+    return parts, config.get("sampling")
