@@ -20,6 +20,8 @@ class ClipDataModule(L.LightningDataModule):
     ``synthetic``: keyword arguments of :func:`genie.data.synthetic.write_synthetic_shards`; when given and
     the shards are missing, ``prepare_data`` generates them (once per node) before training starts.
     ``make_hint``: the command that makes the shards, named in the error when they are missing.
+    ``global_batch_size``: when set, the per-device ``batch_size`` becomes global / (world size × gradient
+    accumulation), checked to divide evenly (the paper's batch sizes are global).
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class ClipDataModule(L.LightningDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
         make_hint: str | None = None,
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.train_shards = train_shards
@@ -52,6 +55,7 @@ class ClipDataModule(L.LightningDataModule):
         self.seed = seed
         self.synthetic = dict(synthetic) if synthetic else None
         self.make_hint = make_hint
+        self.global_batch_size = global_batch_size
         self.resume_step = 0  # set when training resumes: the train stream then starts a fresh shuffle
 
     def prepare_data(self) -> None:
@@ -68,6 +72,20 @@ class ClipDataModule(L.LightningDataModule):
                 f"no shards match {missing[0]!r}; {how} or point data.train_shards / data.val_shards at "
                 "existing ones"
             )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.global_batch_size is None:
+            return
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        per_device, rest = divmod(self.global_batch_size, world * accumulate)
+        if rest or per_device < 1:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} does not split over {world} devices x "
+                f"{accumulate} accumulation steps; choose a multiple of {world * accumulate}"
+            )
+        self.batch_size = per_device
 
     def stream(self, split: str, repeat: bool) -> ClipStream:
         urls = self.train_shards if split == "train" else self.val_shards

@@ -54,6 +54,16 @@ def plain_data(value: Any) -> Any:
     return value
 
 
+def media_root(trainer: Any) -> Path:
+    """Where a run's media go: the first logger's folder, else the trainer's root. Unlike ``trainer.log_dir``
+    this is no collective (``log_dir`` broadcasts under DDP, and media are written on rank 0 only)."""
+    for logger in getattr(trainer, "loggers", []) or []:
+        log_dir = getattr(logger, "log_dir", None)
+        if log_dir:
+            return Path(log_dir)
+    return Path(trainer.default_root_dir)
+
+
 def lr_factor(step: int, cfg: OptimConfig) -> float:
     """Multiplier of ``cfg.lr`` at ``step``."""
     if step < cfg.warmup_steps:

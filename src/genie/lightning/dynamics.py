@@ -22,6 +22,7 @@ from genie.lightning.common import (
     as_dataclass,
     build_optimizer,
     frozen_tokenizer,
+    media_root,
     plain_data,
     random_window,
     resolve_checkpoint,
@@ -235,7 +236,7 @@ class DynamicsModule(L.LightningModule):
         self.val_psnr_tokenizer.update(frame_psnr(self.tokenizer.decode(tokens[:, : n + 1])[:, n], target))
         if batch_idx == 0 and self._val_round % self.media_every_n_val == 0 and self.trainer.is_global_zero:
             k = min(self.media_clips, b)
-            root = self.trainer.default_root_dir if self.trainer.log_dir is None else self.trainer.log_dir
+            root = media_root(self.trainer)
             path = Path(root) / "media" / f"rollout_step{self.global_step:07d}.gif"
             save_gif(
                 video_grid([video[:k, : n + 1], rolled["inferred"][:k], rolled["random"][:k]]), path, fps=4

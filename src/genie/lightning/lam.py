@@ -17,6 +17,7 @@ from genie.lightning.common import (
     as_dataclass,
     build_optimizer,
     frozen_tokenizer,
+    media_root,
     plain_data,
     random_window,
 )
@@ -154,7 +155,7 @@ class LAMModule(L.LightningModule):
         self._val_round += 1
 
     def _write_media(self, video: Tensor, pred: Tensor) -> None:
-        root = self.trainer.default_root_dir if self.trainer.log_dir is None else self.trainer.log_dir
+        root = media_root(self.trainer)
         path = Path(root) / "media" / f"lam_step{self.global_step:07d}.gif"
         save_gif(video_grid([video[:, 1:], pred]), path)  # rows: real next frames, then predictions
 

@@ -15,6 +15,7 @@ from genie.lightning.common import (
     OptimConfig,
     as_dataclass,
     build_optimizer,
+    media_root,
     plain_data,
 )
 from genie.media import save_gif, video_grid
@@ -115,7 +116,7 @@ class TokenizerModule(L.LightningModule):
         self._val_round += 1
 
     def _write_media(self, video: Tensor, recon: Tensor) -> None:
-        root = self.trainer.default_root_dir if self.trainer.log_dir is None else self.trainer.log_dir
+        root = media_root(self.trainer)
         path = Path(root) / "media" / f"recon_step{self.global_step:07d}.gif"
         # rows: real clips, then their reconstructions
         save_gif(video_grid([video, recon]), path)
