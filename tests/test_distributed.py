@@ -139,3 +139,31 @@ def test_fsdp_bf16_on_gpu(tmp_path: Path) -> None:
         "callbacks.scale.activation_checkpointing=true",
     )
     assert metrics["global_step"] == 6
+
+
+def test_memory_plan_counts_what_autograd_saves() -> None:
+    from genie.memory import _saved_bytes, plan, report
+    from genie.params import build, compose_config
+
+    cfg = compose_config(["+experiment=lam_tiny"])
+    stage, meta_model, _ = build(cfg)
+    p = plan(["+experiment=lam_tiny"])
+    assert p.params == sum(q.numel() for q in meta_model.parameters())
+    assert 0 < p.checkpointed_fp32 < p.activations_fp32 and p.activations_bf16 < p.activations_fp32
+    # the meta-device count equals the bytes saved by a real forward on CPU
+    from genie.models.io import _BUILD
+    from genie.nn import STTransformer
+
+    real = _BUILD[stage][1](meta_model.cfg).eval()
+    for m in real.modules():
+        if isinstance(m, STTransformer):
+            m.train()
+    video = torch.rand(1, p.frames, 3, 64, 64)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the reference kernel, as on the meta device
+        assert _saved_bytes(lambda: real(video).loss.backward()) == p.activations_fp32
+    fused = _saved_bytes(lambda: real(video).loss.backward())  # CPU's fused attention saves less
+    assert fused <= p.activations_fp32
+    text = report(p, devices=8, batch=4)
+    assert "FULL_SHARD over 8 devices" in text and "checkpointed" in text

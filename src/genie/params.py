@@ -22,8 +22,8 @@ from genie.train import conf_dir
 _STAGES = {"TokenizerModule": "tokenizer", "LAMModule": "lam", "DynamicsModule": "dynamics"}
 
 
-def count(cfg: DictConfig) -> tuple[str, int, list[str]]:
-    """(stage, parameter count, notes) of ``cfg.model``."""
+def build(cfg: DictConfig) -> tuple[str, torch.nn.Module, list[str]]:
+    """(stage, the model built on the meta device, notes) of ``cfg.model``."""
     target = str(cfg.model._target_).rsplit(".", 1)[-1]
     if target not in _STAGES:
         raise ValueError(f"model._target_ {cfg.model._target_} is not a genie stage ({sorted(_STAGES)})")
@@ -44,6 +44,12 @@ def count(cfg: DictConfig) -> tuple[str, int, list[str]]:
     config = config_from_dict(stage, values)
     with torch.device("meta"):
         model = _BUILD[stage][1](config)
+    return stage, model, notes
+
+
+def count(cfg: DictConfig) -> tuple[str, int, list[str]]:
+    """(stage, parameter count, notes) of ``cfg.model``."""
+    stage, model, notes = build(cfg)
     return stage, sum(p.numel() for p in model.parameters()), notes
 
 

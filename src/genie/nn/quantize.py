@@ -95,7 +95,7 @@ class VectorQuantizer(nn.Module):
             )
         lead = z.shape[:-1]
         # Distances in fp32: bf16 rounding would flip nearest-neighbour choices.
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with torch.autocast(device_type="cpu" if z.device.type == "meta" else z.device.type, enabled=False):
             z_ND = z.reshape(-1, self.code_dim).float()
             if self.l2_normalize:
                 z_ND = F.normalize(z_ND, dim=-1)
@@ -107,7 +107,10 @@ class VectorQuantizer(nn.Module):
             )
             idx_N = dist_NK.argmin(-1)
             q_ND = F.embedding(idx_N, codes_KD)
-            counts_K = torch.bincount(idx_N, minlength=self.num_codes).float()
+            # (index_add rather than bincount: the same counts, and it also runs on meta tensors for memory plans)
+            counts_K = torch.zeros(self.num_codes, device=z_ND.device).index_add_(
+                0, idx_N, torch.ones_like(idx_N, dtype=torch.float32)
+            )
 
             commitment = F.mse_loss(z_ND, q_ND.detach())
             if self.use_ema:
