@@ -167,3 +167,28 @@ def test_memory_plan_counts_what_autograd_saves() -> None:
     assert fused <= p.activations_fp32
     text = report(p, devices=8, batch=4)
     assert "FULL_SHARD over 8 devices" in text and "checkpointed" in text
+
+
+@pytest.mark.slow
+def test_tiny_scaling_sweep_collects_csv_and_plot(tmp_path: Path) -> None:
+    tok, _ = stage_checkpoints(tmp_path / "stages")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable, "-m", "genie.train", "-m", "+experiment=dynamics_tiny", "+hparams_search=scaling_tiny",
+        f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"model.tokenizer_ckpt={tok}",
+        "callbacks.rich_progress_bar=null", "trainer.max_steps=3", "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1", "model.sampling.steps=2", "model.eval_batches=1", *DATA, "data.batch_size=2",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tool = Path(__file__).resolve().parents[1] / "tools" / "collect_sweep.py"
+    out = subprocess.run(
+        [sys.executable, str(tool), str(tmp_path / "sweep")], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    with (tmp_path / "sweep" / "sweep.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["loss"] and r["loss_key"] == "val/loss" for r in rows)
+    params = [int(r["params"]) for r in rows]
+    assert params == sorted(params) and len(set(params)) == 3  # dims 32, 64, 128
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 1000

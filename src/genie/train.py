@@ -59,19 +59,25 @@ def _step_of_name(path: Path) -> int:
     return int(digits) if digits else -1
 
 
-def find_resume_checkpoint(out_dir: Path, overrides: list[str]) -> tuple[Path | None, int, list[str]]:
+def find_resume_checkpoint(
+    out_dir: Path, overrides: list[str], siblings: bool = True
+) -> tuple[Path | None, int, list[str]]:
     """The newest readable checkpoint of an unfinished run of the same command, its step, and notes.
 
     Runs are the sibling folders of ``out_dir`` (``outputs/<task>/<time>``, this one included) whose
     ``.hydra/overrides.yaml`` equals ``overrides`` and that have no ``metrics.json`` (which is written when a
     run completes) and no ``.resumed_by`` (a later run took over). Within a run ``last.ckpt`` is tried first, then the step checkpoints, newest first; an
-    unreadable (truncated) file is reported and the previous one used.
+    unreadable (truncated) file is reported and the previous one used. ``siblings=False`` (multirun jobs, whose
+    neighbours are other sweep points) looks in ``out_dir`` only: a requeued SLURM job reruns in its own folder.
     """
     import yaml
 
     wanted = sorted(o for o in overrides if not o.startswith(("ckpt_path=", "resume=")))
     runs: list[tuple[float, list[Path]]] = []
-    for run in out_dir.parent.iterdir() if out_dir.parent.is_dir() else []:
+    candidates = (
+        (list(out_dir.parent.iterdir()) if out_dir.parent.is_dir() else []) if siblings else [out_dir]
+    )
+    for run in candidates:
         ov = run / ".hydra" / "overrides.yaml"
         if (
             not run.is_dir()
@@ -104,7 +110,7 @@ def find_resume_checkpoint(out_dir: Path, overrides: list[str]) -> tuple[Path | 
     return None, 0, notes
 
 
-def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = True) -> dict[str, Any]:
     """Build everything from ``cfg``, fit, evaluate on the held-out shards; returns the final metrics.
 
     ``overrides`` (the command line's, from Hydra) enables automatic resumption: with ``resume=true`` an
@@ -119,7 +125,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]
     if ckpt_path:
         resume_step = checkpoint_step(ckpt_path)  # an explicit checkpoint must be readable
     elif cfg.get("resume", False) and overrides is not None:
-        found, resume_step, notes = find_resume_checkpoint(out_dir, overrides)
+        found, resume_step, notes = find_resume_checkpoint(out_dir, overrides, siblings)
         for note in notes:
             print(f"[genie] {note}")
         if found is not None:

@@ -68,6 +68,8 @@ class DynamicsModule(L.LightningModule):
         lam_model: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if actions is True:  # `model.actions=true` on the command line arrives as a YAML boolean
+            actions = "true"
         if actions not in ("lam", "true", "cotrain"):
             raise ValueError(f"model.actions must be 'lam', 'true' or 'cotrain', got {actions!r}")
         self.tokenizer = frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
