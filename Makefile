@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,video,metrics,play
+EXTRAS ?= dev,video,metrics,play,agents
 
 .PHONY: install browser test lint format typecheck pytest test-procgen procgen-venv demo bench clean
 

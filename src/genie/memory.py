@@ -52,10 +52,13 @@ class MemoryPlan:
 def _saved_bytes(fn: Any) -> int:
     """Bytes of the distinct tensors autograd saves while running ``fn()`` (meta tensors count by shape)."""
     seen: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # hold every counted tensor, so that no id is reused during the count
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         base = t._base if t._base is not None else t  # views share their base's memory: count it once
-        seen[id(base)] = base.numel() * base.element_size()
+        if id(base) not in seen:
+            seen[id(base)] = base.numel() * base.element_size()
+            alive.append(base)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
