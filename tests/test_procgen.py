@@ -151,3 +151,25 @@ def test_missing_coinrun_shards_name_the_command(tmp_path: Path) -> None:
     proc = run_train(tmp_path, "+experiment=coinrun_tiny", "trainer.max_steps=1")
     assert proc.returncode != 0
     assert "make_procgen_shards.py --out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_procgen
+@pytest.mark.slow
+def test_imitation_pipeline_end_to_end(tmp_path: Path) -> None:
+    from genie.imitation import ImitationConfig, run
+    from test_distributed import stage_checkpoints
+
+    _, lam = stage_checkpoints(tmp_path / "stages")  # an untrained 64x64 LAM: the pipeline, not the numbers
+    cfg = ImitationConfig(
+        expert_clips=8, labels=[10, 50], bc_steps=4, batch_size=16, episodes=4, max_steps=40
+    )
+    results = run(str(lam), tmp_path / "out", cfg)
+    values = [results["random"], results["expert_script"], results["oracle_bc"]]
+    values += [r["return"] for r in results["latent_bc"].values()]
+    assert all(np.isfinite(v) and 0 <= v <= 10 for v in values)  # CoinRun pays 10 for the coin
+    assert set(results["latent_bc"]) == {"10", "50"}
+    assert all(0 <= r["map_accuracy"] <= 1 for r in results["latent_bc"].values())
+    table = (tmp_path / "out" / "imitation.md").read_text()
+    assert "BC on latent actions + map | 50" in table
+    assert json.loads((tmp_path / "out" / "imitation.json").read_text())["config"]["labels"] == [10, 50]
+    assert (tmp_path / "out" / "imitation.png").exists()

@@ -111,10 +111,26 @@ def _make_env(cfg: ProcgenShardConfig, split: str, env_seed: int) -> Any:
     )
 
 
+Policy = Callable[[np.random.Generator, int], np.ndarray]  # (rng, number of envs) -> action ids
+
+
+def random_policy(rng: np.random.Generator, n: int) -> np.ndarray:
+    """App. F's data policy: uniformly random over the 15 actions."""
+    return rng.integers(0, len(ACTIONS), n)
+
+
+def coinrun_expert(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A scripted CoinRun "expert": the coin is at the far right of every level, so run right and jump often
+    (right 60%, right+up 35%, up 5%). It reaches the coin far more often than the random policy."""
+    return rng.choice(np.array([ACTIONS.index("right"), ACTIONS.index("right+up"), ACTIONS.index("up")]),
+                      size=n, p=[0.6, 0.35, 0.05])  # fmt: skip
+
+
 def procgen_clips(
-    cfg: ProcgenShardConfig, split: str, num_clips: int, seed: int
+    cfg: ProcgenShardConfig, split: str, num_clips: int, seed: int, policy: Policy = random_policy
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-    """``num_clips`` clips ``(frames_THW3, actions_(T-1), info)`` from a random policy; deterministic by ``seed``.
+    """``num_clips`` clips ``(frames_THW3, actions_(T-1), info)`` played by ``policy`` (default: uniformly
+    random, App. F); deterministic by ``seed``.
 
     Clips never span two episodes: when an episode ends, the frames gathered since its last full clip are
     dropped. ``actions[t]`` is the action taken at frame t, which produced frame t+1.
@@ -132,7 +148,7 @@ def procgen_clips(
     for i in range(n):
         frames[i].append(obs["rgb"][i].copy())
     while made < num_clips:
-        act = rng.integers(0, len(ACTIONS), n)
+        act = np.asarray(policy(rng, n), dtype=np.int64)
         env.act(act.astype(np.int32))
         _, obs, first = env.observe()
         rgb = obs["rgb"]
