@@ -48,7 +48,8 @@ def kill_after_checkpoint(cwd: Path, proc: subprocess.Popen[str], min_step: int)
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         steps = [p for p in cwd.glob("outputs/tokenizer_tiny/*/checkpoints/step*.ckpt")]
-        if any(int(p.stem[4:]) >= min_step for p in steps):
+        last = [p.with_name("last.ckpt") for p in steps if p.with_name("last.ckpt").exists()]
+        if last and any(int(p.stem[4:]) >= min_step for p in steps):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return steps[0].parents[1]

@@ -6,7 +6,12 @@
 Figures:
 - matmul FLOP/s of this machine (fp32; the yardstick for "how close to the limit");
 - tokenizer train step (tokenizer_tiny dims): frames/s and achieved FLOP/s as a fraction of matmul FLOP/s;
-- ST attention vs full spatiotemporal attention: train step time at T = 4, 8, 16 (linear vs quadratic in T).
+- dynamics train step at d = 512 (fp32): achieved FLOP/s as a fraction of matmul FLOP/s (target >= 0.8);
+- ST attention vs full spatiotemporal attention: train step time and the activation memory autograd keeps at
+  T = 4, 8, 16 (the paper's claim: linear vs quadratic in T; target at T = 16: ST <= 0.2x full);
+- play: frames/s of Genie.step with 25 MaskGIT steps, with the KV cache and recomputing the 16-frame window
+  (target: cached >= 10x; tiny model >= 10 FPS);
+- data: clips/s streamed from shards vs clips/s the tokenizer train step consumes (target >= 5x).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from genie.memory import _saved_bytes
 from genie.models import TokenizerConfig, VideoTokenizer
 from genie.nn import STConfig, STTransformer
 
@@ -71,6 +77,79 @@ def tokenizer_step(quick: bool) -> dict[str, float]:
     }
 
 
+def dynamics_step(quick: bool) -> dict[str, float]:
+    """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound."""
+    from genie.models.dynamics import DynamicsConfig, DynamicsModel
+
+    d = 256 if quick else 512
+    cfg = DynamicsConfig(
+        num_codes=1024, grid=(8, 8), num_actions=8, transformer={"dim": d, "depth": 2, "num_heads": 8}
+    )
+    model = DynamicsModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    b, t = (2, 4) if quick else (4, 8)
+    tokens = torch.randint(0, 1024, (b, t, 8, 8))
+    actions = torch.randint(0, 8, (b, t - 1))
+
+    def step() -> None:
+        loss, _, _ = model.loss(tokens, actions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    sec = timeit(step, repeat=3 if quick else 5)
+    n = b * t * 64
+    dense = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed" not in name)
+    # 6·params·tokens (dense layers and the head) + attention scores: spatial over S=64, temporal over T
+    attn = 3 * 4 * d * n * (64 + t) * cfg.transformer.depth  # type: ignore[union-attr]
+    return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": (6 * dense * n + attn) / sec, "dim": d}
+
+
+def play_speed(quick: bool) -> dict[str, float]:
+    """Frames/s of Genie.step (25 MaskGIT steps) with and without the KV cache, 16 frames of context."""
+    from genie.models import Genie
+    from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
+
+    st = {"dim": 128, "depth": 2, "num_heads": 4}
+    tok = VideoTokenizer(
+        TokenizerConfig(image_size=(64, 64), patch=4, num_codes=1024, code_dim=32, encoder=st, decoder=st)
+    )
+    dyn = DynamicsModel(DynamicsConfig(num_codes=1024, grid=(16, 16), num_actions=8, transformer=st))
+    out: dict[str, float] = {}
+    frames = 4 if quick else 8
+    for cache in (True, False):
+        genie = Genie(tok, dyn, None, SamplingConfig(steps=25, context_frames=16, use_cache=cache)).eval()
+        prompt = torch.rand(1, 16, 3, 64, 64)  # a full 16-frame window: the steady state of a long session
+        genie.reset(prompt, actions=torch.zeros(1, 15, dtype=torch.long), seed=0)
+        start = time.perf_counter()
+        for i in range(frames):
+            genie.step(i % 8)
+        out["cached_fps" if cache else "recompute_fps"] = frames / (time.perf_counter() - start)
+    out["cache_speedup"] = out["cached_fps"] / out["recompute_fps"]
+    return out
+
+
+def data_rate(quick: bool, consume_clips_per_s: float) -> dict[str, float]:
+    """Clips/s streamed (decoded, resized, batched) from synthetic shards, against training consumption."""
+    import tempfile
+
+    from genie.data.pipeline import ClipStream
+    from genie.data.synthetic import write_synthetic_shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        n = 64 if quick else 256
+        write_synthetic_shards(tmp, train_clips=n, val_clips=2, clips_per_shard=64)
+        stream = ClipStream(f"{tmp}/train-*.tar", frames=16, size=(64, 64), shuffle_buffer=32)
+        start = time.perf_counter()
+        count = sum(1 for _ in stream)
+        rate = count / (time.perf_counter() - start)
+    return {
+        "stream_clips_per_s": rate,
+        "train_clips_per_s": consume_clips_per_s,
+        "ratio": rate / consume_clips_per_s,
+    }
+
+
 def st_vs_full(quick: bool) -> list[dict[str, float]]:
     rows = []
     for t in (4, 8) if quick else (4, 8, 16):
@@ -83,7 +162,9 @@ def st_vs_full(quick: bool) -> list[dict[str, float]]:
                 model(x, (8, 8)).square().mean().backward()
 
             row[f"{mode}_seconds"] = timeit(step, warmup=1, repeat=3)
+            row[f"{mode}_activation_bytes"] = _saved_bytes(step)
         row["full_over_st"] = row["full_seconds"] / row["st_seconds"]
+        row["st_over_full_memory"] = row["st_activation_bytes"] / row["full_activation_bytes"]
         rows.append(row)
     return rows
 
@@ -96,13 +177,21 @@ def main() -> None:
     torch.manual_seed(0)
     peak = matmul_flops(512 if a.quick else 1024)
     tok = tokenizer_step(a.quick)
+    dyn = dynamics_step(a.quick)
     attn = st_vs_full(a.quick)
+    play = play_speed(a.quick)
+    data = data_rate(
+        a.quick, tok["frames_per_s"] / 2
+    )  # the tokenizer step trains on 2-frame windows: clips/s
     result = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "matmul_flops_per_s": peak,
         "tokenizer_train_step": {**tok, "fraction_of_matmul": tok["flops_per_s"] / peak},
+        "dynamics_train_step": {**dyn, "fraction_of_matmul": dyn["flops_per_s"] / peak},
         "st_vs_full_attention": attn,
+        "play": play,
+        "data": data,
     }
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,7 +203,21 @@ def main() -> None:
         f"| tokenizer_tiny train step | {tok['frames_per_s']:.1f} frames/s, {tok['tokens_per_s']:.0f} tokens/s |",
         f"| tokenizer_tiny achieved / matmul FLOP/s | {tok['flops_per_s'] / peak:.2f} |",
     ]
+    lines += [
+        f"| dynamics train step (d {int(dyn['dim'])}) achieved / matmul FLOP/s | {dyn['flops_per_s'] / peak:.2f} "
+        f"(target ≥ 0.8) |"
+    ]
     lines += [f"| full / ST attention step time, T={int(r['T'])} | {r['full_over_st']:.2f}× |" for r in attn]
+    lines += [
+        f"| ST / full attention activation memory, T={int(r['T'])} | {r['st_over_full_memory']:.2f}× |"
+        for r in attn
+    ]
+    lines += [
+        f"| play, 25 MaskGIT steps: cached / recomputed window | {play['cached_fps']:.2f} / {play['recompute_fps']:.2f} "
+        f"frames/s = {play['cache_speedup']:.1f}× (target ≥ 10×; ≥ 10 FPS) |",
+        f"| data: streamed / consumed by training | {data['stream_clips_per_s']:.0f} / {data['train_clips_per_s']:.0f} "
+        f"clips/s = {data['ratio']:.1f}× (target ≥ 5×) |",
+    ]
     table = "\n".join(lines)
     (out / "benchmark.md").write_text(table + "\n")
     print(table)
