@@ -240,16 +240,19 @@ def maskgit_fill(
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
     for n_left in maskgit_schedule(num_tokens, steps):
-        logits = predict(ids).float()
-        logp = logits.log_softmax(-1)
+        logits = predict(ids)
+        # Only the still-masked positions are sampled (every row has the same number of them).
+        pos = masked.nonzero()[:, 1].reshape(batch, -1)  # (B, M) indices of the masked tokens
+        sub = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1])).float()  # (B, M, V)
+        logp = sub.log_softmax(-1)
         if temperature > 0:  # Gumbel-max: a categorical draw from softmax(logits / temperature)
-            u = _uniform(tuple(logits.shape), generator, device).clamp_(1e-20, 1.0)
-            sampled = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
+            u = _uniform(tuple(sub.shape), generator, device).clamp_(1e-20, 1.0)
+            pick = (sub / temperature - torch.log(-torch.log(u))).argmax(-1)
         else:
-            sampled = logits.argmax(-1)
-        conf = logp.gather(-1, sampled[..., None])[..., 0]
-        sampled = torch.where(masked, sampled, ids)
-        conf = torch.where(masked, conf, torch.full_like(conf, torch.inf))
+            pick = sub.argmax(-1)
+        conf_m = logp.gather(-1, pick[..., None])[..., 0]
+        sampled = ids.scatter(1, pos, pick)
+        conf = torch.full(ids.shape, torch.inf, device=device).scatter(1, pos, conf_m)
         remask = torch.zeros_like(masked)
         if n_left > 0:
             remask.scatter_(1, conf.argsort(dim=1)[:, :n_left], True)
