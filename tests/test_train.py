@@ -178,7 +178,7 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     assert result["matmul_flops_per_s"] > 0
     assert 0 < result["tokenizer_train_step"]["fraction_of_matmul"] < 1.5
     assert all(r["full_over_st"] > 0 for r in result["st_vs_full_attention"])
-    assert all(0 < r["st_over_full_memory_math"] for r in result["st_vs_full_attention"])
+    assert all(r["st_over_full_memory_math"] > 0 for r in result["st_vs_full_attention"])
     assert 0 < result["dynamics_train_step"]["fraction_of_matmul"] < 1.5
     assert result["play"]["cached_fps"] > 0 and result["play"]["cache_speedup"] > 0
     assert result["data"]["stream_clips_per_s"] > 0

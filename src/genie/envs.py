@@ -37,6 +37,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the extra
     raise ImportError("genie.envs needs gymnasium: pip install 'genie-world-model[agents]'") from err
 
+from genie.data.shards import atomic_write_text
 from genie.metrics.actions import fit_action_map
 from genie.models.genie import Genie
 
@@ -104,9 +105,7 @@ class ActionMap:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(asdict(self), indent=1))
         return path
 
     @classmethod

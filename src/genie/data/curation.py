@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from genie.data.pipeline import expand_shards
-from genie.data.shards import ShardWriter, read_shard
+from genie.data.shards import ShardWriter, atomic_write_text, read_shard
 from genie.data.videos import SCORE_NAMES, clip_scores
 
 # Heuristic defect thresholds (the flags; the classifier learns its own boundary).
@@ -138,9 +138,7 @@ class QualityClassifier:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"features": list(SCORE_NAMES), **self.__dict__}, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"features": list(SCORE_NAMES), **self.__dict__}, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> QualityClassifier:
@@ -227,7 +225,5 @@ def filter_shards(
         "dropped": dropped,
         "shards": [Path(p).name for w in writers.values() for p in w.paths],
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest

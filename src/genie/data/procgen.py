@@ -20,14 +20,13 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genie.data.shards import FPS, ShardWriter, clip_record
+from genie.data.shards import FPS, ShardWriter, atomic_write_text, claim_output_dir, clip_record, run_jobs
 
 # The 16 procgen games (procgen.env.ENV_NAMES), checked before procgen is imported.
 GAMES = (
@@ -204,7 +203,6 @@ def write_procgen_shards(
     """
     cfg = cfg or ProcgenShardConfig()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "generator": "genie.data.procgen",
         "version": 1,
@@ -212,49 +210,16 @@ def write_procgen_shards(
         "actions": list(ACTIONS),
         **asdict(cfg),
     }
-    settings_path = out / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        old = json.loads(settings_path.read_text())
-        changed = sorted(k for k in settings if old.get(k) != settings[k])
-        raise ValueError(
-            f"{out} holds procgen shards made with other settings ({', '.join(changed)} differ); "
-            "use another --out folder or delete that one"
-        )
-    _atomic_write(settings_path, json.dumps(settings, indent=1))
-    (out / "manifest.json").unlink(missing_ok=True)  # rewritten when every shard exists
+    claim_output_dir(out, settings, "procgen shards")
     jobs = [
         (split, i, count) for split in ("train", "val") for i, count in enumerate(cfg.shard_counts(split))
     ]
-    todo = [j for j in jobs if not (out / f"{j[0]}-{j[1]:06d}.tar").exists()]
-    for stale in out.glob("*.tar.tmp*"):  # shards a killed run left half-written
-        stale.unlink()
-    done = len(jobs) - len(todo)
-    if progress:
-        progress(done, len(jobs))
-    if workers <= 1:
-        for split, i, count in todo:
-            _write_shard(cfg, str(out), split, i, count)
-            done += 1
-            if progress:
-                progress(done, len(jobs))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_write_shard, cfg, str(out), *job) for job in todo]
-            for f in as_completed(futures):
-                f.result()
-                done += 1
-                if progress:
-                    progress(done, len(jobs))
+    todo = [(cfg, str(out), *j) for j in jobs if not (out / f"{j[0]}-{j[1]:06d}.tar").exists()]
+    run_jobs(_write_shard, todo, len(jobs), workers, progress)
     manifest = {
         "settings": settings,
         "shards": [f"{split}-{i:06d}.tar" for split, i, _ in jobs],
         "clips": {split: cfg.clips(split) for split in ("train", "val")},
     }
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

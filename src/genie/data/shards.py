@@ -12,7 +12,7 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +150,61 @@ def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, 
             samples[key][ext] = f.read()
     for key in order:
         yield key, decode_frames(samples[key]["npz"]), json.loads(samples[key]["json"])
+
+
+# -- resumable shard-set writers (procgen, videos): shared bookkeeping ---------------------------------------
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename (readers never see half a file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def claim_output_dir(out: Path, settings: dict[str, Any], what: str) -> None:
+    """Prepare ``out`` for a resumable shard-set writer: refuse a folder made with other ``settings`` (naming
+    the keys that differ), record ``settings.json``, drop the old manifest (rewritten when the set is complete)
+    and the temporary files of shards a killed run left half-written."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            changed = sorted(k for k in settings if old.get(k) != settings[k])
+            raise ValueError(
+                f"{out} holds {what} made with other settings ({', '.join(changed)} differ); "
+                "use another output folder or delete that one"
+            )
+    atomic_write_text(path, json.dumps(settings, indent=1))
+    (out / "manifest.json").unlink(missing_ok=True)
+    for stale in out.glob("*.tar.tmp*"):
+        stale.unlink()
+
+
+def run_jobs(
+    fn: Callable[..., Any],
+    todo: Sequence[tuple[Any, ...]],
+    total: int,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run ``fn(*job)`` for every job, in this process or ``workers`` processes, reporting ``progress(done,
+    total)`` (``total`` counts the jobs already done in an earlier run)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    done = total - len(todo)
+    if progress:
+        progress(done, total)
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            fn(*job)
+            done += 1
+            if progress:
+                progress(done, total)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for fut in as_completed([pool.submit(fn, *job) for job in todo]):
+            fut.result()
+            done += 1
+            if progress:
+                progress(done, total)

@@ -13,7 +13,6 @@ Pure numpy; deterministic per seed. Frames render at a logical height of 64 px a
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from genie.data.shards import FPS, ShardWriter, clip_record
+from genie.data.shards import FPS, ShardWriter, atomic_write_text, clip_record
 
 ACTIONS = ("noop", "left", "right", "jump", "left+jump", "right+jump")
 NUM_ACTIONS = len(ACTIONS)
@@ -312,7 +311,5 @@ def write_synthetic_shards(
                 writer.write(f"{split}{i:08d}", frames, record)
         shards += [Path(p).name for p in writer.paths]
     manifest = {"settings": settings, "shards": shards}
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return manifest

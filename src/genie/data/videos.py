@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from genie.data.pipeline import resize_crop
-from genie.data.shards import FPS, ShardWriter, clip_record
+from genie.data.shards import FPS, ShardWriter, atomic_write_text, claim_output_dir, clip_record, run_jobs
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -354,9 +353,7 @@ def _process_group(
     }
     parts = Path(out) / "parts"
     parts.mkdir(exist_ok=True)
-    tmp = parts / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(part))
-    os.replace(tmp, parts / f"{name}.json")  # the group is done once this exists
+    atomic_write_text(parts / f"{name}.json", json.dumps(part))  # the group is done once this exists
     return part
 
 
@@ -379,46 +376,17 @@ def write_video_shards(
     keys = [os.path.relpath(v, base) for v in videos]
     splits = assign_splits(keys, cfg.val_fraction)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {"generator": "genie.data.videos", "version": 1, **asdict(cfg), "size": list(cfg.size)}
     settings["videos"] = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()
-    settings_path = out / "settings.json"
-    if settings_path.exists():
-        old = json.loads(settings_path.read_text())
-        if old != settings:
-            changed = sorted(k for k in settings if old.get(k) != settings[k])
-            raise ValueError(
-                f"{out} holds shards made with other settings or videos ({', '.join(changed)} differ); "
-                "use another output folder or delete that one"
-            )
-    _atomic_write(settings_path, json.dumps(settings, indent=1))
-    (out / "manifest.json").unlink(missing_ok=True)
-    for stale in out.glob("*.tar.tmp*"):
-        stale.unlink()
+    claim_output_dir(out, settings, "shards made from other videos or")
     jobs: list[tuple[str, int, list[tuple[str, str]]]] = []
     for split in ("train", "val"):
         members = sorted((k, str(v)) for k, v in zip(keys, videos, strict=True) if splits[k] == split)
         for g in range(0, len(members), cfg.videos_per_shard):
             jobs.append((split, g // cfg.videos_per_shard, members[g : g + cfg.videos_per_shard]))
     parts_dir = out / "parts"
-    todo = [j for j in jobs if not (parts_dir / f"{j[0]}-{j[1]:06d}.json").exists()]
-    done = len(jobs) - len(todo)
-    if progress:
-        progress(done, len(jobs))
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            _process_group(cfg, str(out), *job)
-            done += 1
-            if progress:
-                progress(done, len(jobs))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_process_group, cfg, str(out), *job) for job in todo]
-            for fut in as_completed(futures):
-                fut.result()
-                done += 1
-                if progress:
-                    progress(done, len(jobs))
+    todo = [(cfg, str(out), *j) for j in jobs if not (parts_dir / f"{j[0]}-{j[1]:06d}.json").exists()]
+    run_jobs(_process_group, todo, len(jobs), workers, progress)
     parts = [json.loads((parts_dir / f"{s}-{g:06d}.json").read_text()) for s, g, _ in jobs]
     clips = [c for p in parts for c in p["clips"]]
     manifest = {
@@ -435,7 +403,7 @@ def write_video_shards(
         "dropped": [d for p in parts for d in p["dropped"]],
         "clip_index": clips,
     }
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     columns = ["key", "shard", "source", "start_time", "fps", "source_fps", "height", "width", *SCORE_NAMES]
     tmp = out / "manifest.csv.tmp"
     with tmp.open("w", newline="") as f:
@@ -445,9 +413,3 @@ def write_video_shards(
             w.writerow({k: c[k] for k in columns})
     os.replace(tmp, out / "manifest.csv")
     return manifest
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
