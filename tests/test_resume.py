@@ -18,15 +18,11 @@ from torch import nn
 
 from genie.lightning.callbacks import NonFiniteGuard
 from genie.train import checkpoint_step, find_resume_checkpoint
+from test_train import TINY_DATA
 
 COMMAND = [
     "+experiment=tokenizer_tiny",
-    "data.synthetic.train_clips=24",
-    "data.synthetic.val_clips=8",
-    "data.synthetic.clips_per_shard=8",
-    "data.num_workers=0",
-    "data.batch_size=2",
-    "data.val_batch_size=2",
+    *TINY_DATA,
     "trainer.max_steps=12",
     "trainer.val_check_interval=12",
     "evaluate=false",

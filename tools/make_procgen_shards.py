@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 
 from genie.data.procgen import GAMES, ProcgenShardConfig, write_procgen_shards
+from genie.data.shards import print_progress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     start = time.time()
-    bar = _progress()
     try:
-        manifest = write_procgen_shards(a.out, cfg, workers=a.workers, progress=bar)
+        manifest = write_procgen_shards(a.out, cfg, workers=a.workers, progress=print_progress)
     except (ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,15 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         f"under {a.out} ({took:.0f} s)"
     )
     return 0
-
-
-def _progress() -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        print(f"\rshards [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", flush=True)
-
-    return show
 
 
 if __name__ == "__main__":

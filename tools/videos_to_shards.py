@@ -20,6 +20,7 @@ import argparse
 import sys
 import time
 
+from genie.data.shards import print_progress
 from genie.data.videos import VideoShardConfig, write_video_shards
 
 
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
         )
         start = time.time()
-        manifest = write_video_shards(a.inputs, a.out, cfg, workers=a.workers, root=a.root, progress=_show)
+        manifest = write_video_shards(
+            a.inputs, a.out, cfg, workers=a.workers, root=a.root, progress=print_progress
+        )
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -74,11 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         f"({time.time() - start:.0f} s)"
     )
     return 0
-
-
-def _show(done: int, total: int) -> None:
-    filled = 30 * done // max(total, 1)
-    print(f"\rshards [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", flush=True)
 
 
 if __name__ == "__main__":

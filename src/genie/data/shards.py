@@ -181,6 +181,12 @@ def claim_output_dir(out: Path, settings: dict[str, Any], what: str) -> None:
         stale.unlink()
 
 
+def print_progress(done: int, total: int) -> None:
+    """A one-line text progress bar for the shard-writing tools (``progress=`` of the writers)."""
+    filled = 30 * done // max(total, 1)
+    print(f"\rshards [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end="", flush=True)
+
+
 def run_jobs(
     fn: Callable[..., Any],
     todo: Sequence[tuple[Any, ...]],
