@@ -132,3 +132,45 @@ def test_windowed_lam_matches_running_each_window(window: int) -> None:
     other = video.clone()
     other[:, 3] = torch.rand_like(other[:, 3])
     torch.testing.assert_close(model.decode(video[:, :-1], z)[:, :3], model.decode(other[:, :-1], z)[:, :3])
+
+
+def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_cfg(predict_residual=True, warp_radius=2, window=2, motion_input=True, recon_weight=100.0)
+    model = LatentActionModel(cfg).eval()
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.warp_head is not None
+    # At initialisation a flat frame comes back unchanged (the taps sum to one, the residual head is zero).
+    flat = torch.full((1, 3, 3, 32, 48), 0.4)
+    torch.testing.assert_close(
+        model.decode(flat[:, :-1], model.quantize(flat).z_q), flat[:, 1:], atol=1e-4, rtol=0
+    )
+    # Taps that all pick "content moves right by one pixel" (horizontal tap r-1, vertical tap r = no shift).
+    x = torch.rand(1, 2, 3, 32, 48)
+    taps = torch.full((1, 2, 6, 10), -30.0)
+    taps[..., 1] = 30.0
+    taps[..., 5 + 2] = 30.0
+    shifted = model._warp(x, taps)
+    torch.testing.assert_close(shifted[..., 1:], x[..., :-1])
+    # With trained-looking (random) heads the decoder still sees x_t+1 only through the action.
+    for head in (model.head, model.warp_head):
+        torch.nn.init.normal_(head.weight, std=0.05)
+    video = torch.rand(1, 5, 3, 32, 48)
+    z = model.quantize(video).z_q
+    pred = model.decode(video[:, :-1], z)
+    other = video.clone()
+    other[:, 2] = torch.rand_like(other[:, 2])
+    pred2 = model.decode(other[:, :-1], z)
+    torch.testing.assert_close(pred[:, :2], pred2[:, :2])
+    assert not torch.allclose(pred[:, 2:], pred2[:, 2:])
+
+
+def test_recon_weight_scales_the_reconstruction_term() -> None:
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 3, 32, 48)
+    out = LatentActionModel(tiny_cfg(recon_weight=1000.0)).eval()(video)
+    torch.testing.assert_close(out.loss, 1000.0 * out.recon_loss + out.vq.loss)
+    with pytest.raises(ValueError, match="predict_residual"):
+        tiny_cfg(warp_radius=2)
+    with pytest.raises(ValueError, match="recon_weight"):
+        tiny_cfg(recon_weight=0.0)

@@ -3,7 +3,8 @@
 Every world is drawn from a seed: a colour theme, a parallax background of hills and clouds, a textured
 ground with gaps, floating platforms at random heights, coins, and a player sprite with gravity and jumps
 (its pose shows the buttons held: legs apart while running, a yellow body while jump is held).
-A random policy with action persistence drives the player over a small real action set, and the true
+A uniformly random policy (a fresh action every frame, like the random agents behind the CoinRun datasets;
+``action_repeat_prob`` adds persistence) drives the player over a small real action set, and the true
 action of every transition is recorded so that latent actions can be evaluated against it.
 
 Pure numpy; deterministic per seed. Frames render at a logical height of 64 px and are resampled
@@ -68,7 +69,10 @@ class PlatformerConfig:
     height: int = 64
     width: int = 64
     world_width: int = 1536  # logical pixels
-    action_repeat_prob: float = 0.75  # chance that the policy keeps its last action
+    # Chance that the policy keeps its last action. 0 (i.i.d.): the last frames never predict the next action,
+    # so a latent action model has to get it from the transition itself (persistent actions let the LAM's
+    # decoder guess the action from the sprite's pose and leave the codes meaningless for much longer).
+    action_repeat_prob: float = 0.0
     num_platforms: int = 28
     num_gaps: int = 6
     num_coins: int = 20
@@ -284,7 +288,7 @@ def write_synthetic_shards(
     out = Path(out_dir)
     settings = {
         "generator": "genie.data.synthetic",
-        "version": 2,  # 2: the sprite shows the buttons held
+        "version": 3,  # 2: the sprite shows the buttons held; 3: i.i.d. random actions
         "train_clips": train_clips,
         "val_clips": val_clips,
         "clips_per_shard": clips_per_shard,

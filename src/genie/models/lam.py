@@ -75,6 +75,16 @@ class LAMConfig(PatchGeometry):
     # stop the decoder from extrapolating the motion of earlier frames (random policies repeat actions), so
     # the latent has to carry what the action did. Clips are processed as overlapping windows.
     window: int | None = None
+    # Pixels: > 0 adds a motion head to the decoder: per patch, a separable shift kernel of 2r+1 taps
+    # horizontally and vertically (softmax weights, initialised to the identity) that warps the last frame;
+    # the residual head then corrects the warped frame (needs predict_residual). Scrolling and moving sprites
+    # become a choice among a few shifts, which the decoder learns in a few hundred steps and which the action
+    # must select - a strong, early training signal for the latent. 0 = the paper's plain decoder.
+    warp_radius: int = 0
+    # Weight of the reconstruction term against the VQ terms. Pixel MSE between consecutive frames is ~1e-3,
+    # so at weight 1 the commitment term dominates the encoder's gradient and holds every latent at the code it
+    # started on (codes then never come to mean actions); ~1e3 restores the balance of a per-pixel-summed loss.
+    recon_weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -91,6 +101,12 @@ class LAMConfig(PatchGeometry):
                 )
         if self.window is not None and self.window < 2:
             raise ValueError(f"LAM window must be >= 2 frames (one transition) or null, got {self.window}")
+        if self.warp_radius < 0:
+            raise ValueError(f"LAM warp_radius must be >= 0 (0 = off), got {self.warp_radius}")
+        if self.warp_radius > 0 and not (self.predict_residual and self.input == "pixels"):
+            raise ValueError("LAM warp_radius > 0 needs pixel input and predict_residual=true")
+        if self.recon_weight <= 0:
+            raise ValueError(f"LAM recon_weight must be > 0, got {self.recon_weight}")
         if not 0.0 <= self.decoder_mask_rate < 1.0:
             raise ValueError(f"decoder_mask_rate must be in [0, 1), got {self.decoder_mask_rate}")
 
@@ -121,6 +137,7 @@ class LAMConfig(PatchGeometry):
             + (dd if self.decoder_mask_rate > 0 else 0)  # decoder mask token
             + ((self.channels * self.patch**2 + 1) * de if self.motion_input else 0)
             + head
+            + ((dd + 1) * 2 * (2 * self.warp_radius + 1) if self.warp_radius > 0 else 0)
         )
 
 
@@ -171,6 +188,14 @@ class LatentActionModel(nn.Module):
         # sees an unused parameter).
         self.dec_mask = nn.Parameter(torch.zeros(dd)) if cfg.decoder_mask_rate > 0 else None
         self.decoder = STTransformer(cfg.dec)
+        self.warp_head: nn.Linear | None = None
+        if cfg.warp_radius > 0:
+            r = cfg.warp_radius
+            self.warp_head = nn.Linear(dd, 2 * (2 * r + 1))
+            nn.init.zeros_(self.warp_head.weight)
+            with torch.no_grad():  # start as the identity: the centre tap (no shift) carries ~all the weight
+                self.warp_head.bias.zero_()
+                self.warp_head.bias[[r, 3 * r + 1]] = 4.0
         if cfg.predict_residual and cfg.input == "pixels":
             # Start as "the next frame equals the last one": random initial changes would first have to be
             # unlearned, and in short runs the decoder never gets past that to learning what the action does.
@@ -279,15 +304,33 @@ class LatentActionModel(nn.Module):
             hide = torch.rand(h_BTSD.shape[:3], device=h_BTSD.device) < mask_rate
             h_BTSD = torch.where(hide[..., None], self.dec_mask.to(h_BTSD.dtype), h_BTSD)
         h_BTSD = h_BTSD + self.from_latent(actions_z)[:, :, None]
-        out = self.head(self.decoder(h_BTSD, cfg.grid))
+        h_BTSD = self.decoder(h_BTSD, cfg.grid)
+        out = self.head(h_BTSD)
         if cfg.input == "tokens":
             return out
         logits = unpatchify(out, cfg.patch, cfg.grid, cfg.channels)
         h, w = cfg.hw
         logits = logits[..., :h, :w]
         if cfg.predict_residual:
-            logits = logits + torch.logit(context.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
+            base = context if self.warp_head is None else self._warp(context, self.warp_head(h_BTSD))
+            logits = logits + torch.logit(base.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
         return torch.sigmoid(logits)
+
+    def _warp(self, context: Tensor, taps_BTSK: Tensor) -> Tensor:
+        """Shift ``context_BTCHW`` per patch by the separable kernels ``taps`` (horizontal then vertical)."""
+        cfg = self.cfg
+        r, p = cfg.warp_radius, cfg.patch
+        k = 2 * r + 1
+        (gh, gw), (h, w) = cfg.grid, cfg.hw
+        b, t = context.shape[:2]
+        taps = taps_BTSK.float().reshape(b * t, gh, gw, 2, k).permute(0, 3, 4, 1, 2).softmax(2)
+        taps = taps.repeat_interleave(p, -2).repeat_interleave(p, -1)[..., :h, :w]  # (BT, 2, k, H, W)
+        x = context.flatten(0, 1).float()
+        padded = F.pad(x, (r, r, 0, 0), mode="replicate")
+        x = sum((taps[:, 0, i : i + 1] * padded[..., i : i + w] for i in range(k)), torch.zeros_like(x))
+        padded = F.pad(x, (0, 0, r, r), mode="replicate")
+        x = sum((taps[:, 1, i : i + 1] * padded[..., i : i + h, :] for i in range(k)), torch.zeros_like(x))
+        return x.reshape(b, t, *x.shape[1:])
 
     def forward(self, x: Tensor) -> LAMOutput:
         vq = self.quantize(x)
@@ -298,4 +341,5 @@ class LatentActionModel(nn.Module):
             recon = F.cross_entropy(pred.flatten(0, 2).float(), target.flatten().long())
         else:
             recon = F.mse_loss(pred.float(), target.float())
-        return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=recon + vq.loss, recon_loss=recon)
+        loss = self.cfg.recon_weight * recon + vq.loss
+        return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon)
