@@ -22,7 +22,7 @@ from genie.data.curation import (
 )
 from genie.data.inspect import inspect_shards
 from genie.data.shards import ShardWriter, clip_record, read_shard
-from genie.data.synthetic import generate_clips
+from genie.data.synthetic import PlatformerConfig, generate_clips
 from genie.data.videos import clip_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def planted(n_good: int = 40, n_bad: int = 10) -> list[tuple[str, np.ndarray, str]]:
     """``(key, frames, kind)``: good platformer clips and clips with one planted defect each."""
-    good = [f for f, _, _ in generate_clips(7, n_good + 2 * n_bad)]
+    # sticky actions (the generator's v2 policy): smooth clips, like most real footage
+    good = [
+        f for f, _, _ in generate_clips(7, n_good + 2 * n_bad, cfg=PlatformerConfig(action_repeat_prob=0.75))
+    ]
     out = [(f"good{i:03d}", good[i], "good") for i in range(n_good)]
     rng = np.random.default_rng(0)
     spare = good[n_good:]
