@@ -57,8 +57,8 @@ def test_synthetic_sprite_scale_and_run_speed() -> None:
     assert big.jump_speed > small.jump_speed == 5.2
     red = np.array([220, 30, 40])
     assert (big.render() == red).all(-1).sum() > 2 * (small.render() == red).all(-1).sum()
-    fast = PlatformerWorld(3, PlatformerConfig(run_speed=4.0))
-    slow = PlatformerWorld(3)
+    fast = PlatformerWorld(3)  # the default: 4 px per frame
+    slow = PlatformerWorld(3, PlatformerConfig(run_speed=2.0))
     x0 = fast.x
     fast.step(2), slow.step(2)  # right
     assert fast.x - x0 in (0.0, 4.0) and slow.x - x0 in (0.0, 2.0)
@@ -258,3 +258,10 @@ def test_regenerating_with_other_settings_removes_stale_shards(tmp_path: Path) -
     write_synthetic_shards(tmp_path, train_clips=20, val_clips=4, clips_per_shard=10)
     assert len(list(tmp_path.glob("train-*.tar"))) == 2
     assert sum(1 for p in tmp_path.glob("train-*.tar") for _ in read_shard(p)) == 20
+    # the world's settings are part of the manifest too: another scroll speed regenerates
+    before = (tmp_path / "train-000000.tar").read_bytes()
+    manifest = write_synthetic_shards(
+        tmp_path, train_clips=20, val_clips=4, clips_per_shard=10, run_speed=2.0
+    )
+    assert manifest["settings"]["run_speed"] == 2.0
+    assert (tmp_path / "train-000000.tar").read_bytes() != before

@@ -18,15 +18,28 @@ from genie.models.dynamics import (
 from genie.nn import KVCache, STConfig
 
 
-def tiny(action_mode: str = "add") -> DynamicsModel:
+def tiny(action_mode: str = "add", **kw: object) -> DynamicsModel:
+    base: dict[str, object] = {"num_codes": 32, "grid": (3, 4), "num_actions": 4}
     cfg = DynamicsConfig(
-        num_codes=32,
-        grid=(3, 4),
-        num_actions=4,
         action_mode=action_mode,  # type: ignore[arg-type]
         transformer={"dim": 32, "depth": 2, "num_heads": 4},
+        **{**base, **kw},  # type: ignore[arg-type]
     )
     return DynamicsModel(cfg).eval()
+
+
+def with_random_copy_head(model: DynamicsModel) -> DynamicsModel:
+    """A copy head that looks trained (its zero-initialised weights would ignore the hidden state)."""
+    assert model.copy_head is not None
+    torch.nn.init.normal_(model.copy_head.weight, std=0.5)
+    return model
+
+
+MODELS = {  # variants every causality/caching test runs on
+    "add": lambda: tiny("add"),
+    "prepend": lambda: tiny("prepend"),
+    "copy": lambda: with_random_copy_head(tiny("add", copy_radius=1)),
+}
 
 
 def test_shapes_and_loss() -> None:
@@ -50,9 +63,64 @@ def test_mask_rate_statistics() -> None:
     assert abs((rate_B < 0.75).float().mean().item() - 0.5) < 0.05
 
 
-@pytest.mark.parametrize("mode", ["add", "prepend"])
+def test_full_mask_prob_masks_whole_frames() -> None:
+    g = torch.Generator().manual_seed(0)
+    mask = tiny(full_mask_prob=0.5).random_mask(4000, 4, g)
+    assert not mask[:, 0].any()
+    whole = mask[:, 1:].all(-1).float().mean().item()
+    # P(whole) = 0.5 + 0.5 · P(a U(0.5, 1)-rate draw masks all 12 tokens) ≈ 0.5 + 0.5 · 0.08
+    assert 0.51 < whole < 0.58
+    assert tiny(full_mask_prob=1.0).random_mask(8, 4, g)[:, 1:].all()
+    for bad in ({"full_mask_prob": 1.5}, {"mask_rate": (0.8, 0.5)}, {"copy_radius": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            tiny(**bad)
+
+
+def test_copy_head_mixes_in_shifted_previous_tokens() -> None:
+    torch.manual_seed(0)
+    model = tiny(copy_radius=1)
+    assert model.copy_head is not None
+    assert model.cfg.num_params() == sum(p.numel() for p in model.parameters())
+    tokens = torch.randint(0, 32, (2, 3, 3, 4))
+    actions = torch.randint(0, 4, (2, 2))
+    logp = model(tokens, actions)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2, 3, 12))  # normalised log-probabilities
+    # A head that always copies from one column to the right (offset dy 0, dx +1): frame t predicts frame
+    # t-1 shifted left by one token (the last column repeats, as the grid's edge is clamped).
+    with torch.no_grad():
+        model.copy_head.bias.fill_(-30.0)
+        model.copy_head.bias[5] = 30.0  # offsets are (dy, dx) in row-major order over [-1, 1]²; 5 = (0, +1)
+    pred = model(tokens, actions).argmax(-1).reshape(2, 3, 3, 4)
+    expected = torch.cat((tokens[..., 1:], tokens[..., -1:]), -1)
+    assert torch.equal(pred[:, 1:], expected[:, :-1])
+    # the sparse mixture equals the dense one, gradients included (small vocabulary: many repeated sources)
+    small = tiny(copy_radius=1, num_codes=4)
+    logits = torch.randn(2, 3, 12, 4, requires_grad=True)
+    copy = torch.randn(2, 3, 12, 10, requires_grad=True)
+    prev = torch.randint(0, 4, (2, 3, 12))
+    gate = torch.sigmoid(copy[..., 9:])
+    dense = (logits.softmax(-1) * gate).scatter_add(
+        -1, prev[:, :, small.copy_index], copy[..., :9].softmax(-1) * (1 - gate)
+    )
+    weights = torch.randn(2, 3, 12, 4)
+    got, want = small._mix_copies(logits, copy, prev), dense.log()
+    torch.testing.assert_close(got, want)
+    for g1, g2 in zip(
+        torch.autograd.grad((got * weights).sum(), (logits, copy)),
+        torch.autograd.grad((want * weights).sum(), (logits, copy)),
+        strict=True,
+    ):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+    # continuing from a cache needs the previous frame
+    cache = KVCache()
+    model(tokens[:, :2], actions[:, :1], cache=cache, write_cache=True)
+    with pytest.raises(ValueError, match="prev_tokens_BHW"):
+        model(tokens[:, 2:], actions[:, 1:], cache=cache)
+
+
+@pytest.mark.parametrize("mode", list(MODELS))
 def test_causal_over_frames(mode: str) -> None:
-    model = tiny(mode)
+    model = MODELS[mode]()
     tokens = torch.randint(0, 32, (1, 5, 3, 4))
     actions = torch.randint(0, 4, (1, 4))
     a = model(tokens, actions)
@@ -64,10 +132,10 @@ def test_causal_over_frames(mode: str) -> None:
     assert torch.equal(a[:, :3], b[:, :3])
 
 
-@pytest.mark.parametrize("mode", ["add", "prepend"])
+@pytest.mark.parametrize("mode", list(MODELS))
 def test_action_conditions_the_frame_it_produced(mode: str) -> None:
     """a_{t-1} (transition t-1 → t) conditions frame t: changing it changes frame t's logits, never earlier ones."""
-    model = tiny(mode)
+    model = MODELS[mode]()
     tokens = torch.randint(0, 32, (1, 4, 3, 4))
     actions = torch.tensor([[0, 1, 2]])
     base = model(tokens, actions)
@@ -80,15 +148,15 @@ def test_action_conditions_the_frame_it_produced(mode: str) -> None:
         assert not torch.allclose(out[:, frame], base[:, frame]), f"action {i} does not reach frame {frame}"
 
 
-@pytest.mark.parametrize("mode", ["add", "prepend"])
+@pytest.mark.parametrize("mode", list(MODELS))
 def test_cached_frames_match_full_pass(mode: str) -> None:
-    model = tiny(mode)
+    model = MODELS[mode]()
     tokens = torch.randint(0, 32, (2, 4, 3, 4))
     actions = torch.randint(0, 4, (2, 3))
     full = model(tokens, actions)
     cache = KVCache()
     head = model(tokens[:, :3], actions[:, :2], cache=cache, write_cache=True)
-    tail = model(tokens[:, 3:], actions[:, 2:], cache=cache)
+    tail = model(tokens[:, 3:], actions[:, 2:], cache=cache, prev_tokens_BHW=tokens[:, 2])
     torch.testing.assert_close(torch.cat((head, tail), 1), full, rtol=1e-4, atol=1e-5)
 
 
@@ -134,7 +202,7 @@ def test_sampler_valid_ids_and_deterministic(temperature: float) -> None:
     assert torch.equal(out1[:, :1], prompt)
 
 
-@pytest.mark.parametrize("mode", ["add", "prepend"])
+@pytest.mark.parametrize("mode", ["add", "prepend", "copy"])
 @pytest.mark.parametrize("pos_emb", ["rope", "learned"])
 def test_cached_and_uncached_generation_agree(mode: str, pos_emb: str) -> None:
     torch.manual_seed(0)
@@ -142,10 +210,13 @@ def test_cached_and_uncached_generation_agree(mode: str, pos_emb: str) -> None:
         num_codes=32,
         grid=(3, 4),
         num_actions=4,
-        action_mode=mode,  # type: ignore[arg-type]
+        action_mode="prepend" if mode == "prepend" else "add",
         transformer={"dim": 32, "depth": 2, "num_heads": 4, "pos_emb": pos_emb, "max_frames": 8},
+        copy_radius=1 if mode == "copy" else 0,
     )
     model = DynamicsModel(cfg).eval()
+    if mode == "copy":
+        with_random_copy_head(model)
     prompt = torch.randint(0, 32, (2, 2, 3, 4))
     prompt_actions = torch.randint(0, 4, (2, 1))
     actions = torch.randint(0, 4, (2, 4))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -152,6 +154,9 @@ def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
     taps[..., 5 + 2] = 30.0
     shifted = model._warp(x, taps)
     torch.testing.assert_close(shifted[..., 1:], x[..., :-1])
+    # With warp_stride 2 the same taps shift by two pixels.
+    strided = LatentActionModel(dataclasses.replace(cfg, warp_stride=2)).eval()
+    torch.testing.assert_close(strided._warp(x, taps)[..., 2:], x[..., :-2])
     # With trained-looking (random) heads the decoder still sees x_t+1 only through the action.
     for head in (model.head, model.warp_head):
         torch.nn.init.normal_(head.weight, std=0.05)
@@ -174,3 +179,26 @@ def test_recon_weight_scales_the_reconstruction_term() -> None:
         tiny_cfg(warp_radius=2)
     with pytest.raises(ValueError, match="recon_weight"):
         tiny_cfg(recon_weight=0.0)
+    with pytest.raises(ValueError, match="warp_stride"):
+        tiny_cfg(warp_stride=0)
+
+
+def test_vq_warmup_feeds_continuous_latents_then_closes_the_bottleneck() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(tiny_cfg(vq_warmup_steps=2))
+    video = torch.rand(2, 3, 3, 32, 48)
+    z = model.encode_latents(video)
+    for step in range(3):
+        warming = model.warming_up
+        assert warming == (step < 2)
+        out = model(video)
+        if warming:  # the decoder read the normalised continuous latent, and no commitment term was added
+            expected = model.decode(video[:, :-1], torch.nn.functional.normalize(z, dim=-1))
+            torch.testing.assert_close(out.pred, expected)
+            torch.testing.assert_close(out.loss, out.recon_loss + out.vq.codebook_loss)
+        else:
+            torch.testing.assert_close(out.loss, out.recon_loss + out.vq.loss)
+    assert int(model.state_dict()["train_steps"]) == 3  # saved with the weights: a resumed run knows its step
+    assert not model.eval().warming_up and "train_steps" not in LatentActionModel(tiny_cfg()).state_dict()
+    with pytest.raises(ValueError, match="vq_warmup_steps"):
+        tiny_cfg(vq_warmup_steps=-1)

@@ -12,6 +12,13 @@ Figures:
 - play: frames/s of Genie.step with 25 MaskGIT steps, with the KV cache and recomputing the 16-frame window
   (target: cached >= 10x; tiny model >= 10 FPS);
 - data: clips/s streamed from shards vs clips/s the tokenizer train step consumes (target >= 5x).
+
+On a CUDA machine, ``--device cuda`` measures the GPU figures instead (writes gpu_benchmark.json/.md):
+- the GPU's measured bf16 matmul FLOP/s (8192^3);
+- bf16 MFU of a >= 400M-parameter dynamics train step (bf16 autocast, fp32 master weights, fused AdamW),
+  eager and with each ST block compiled, against the measured matmul rate and the datasheet peak;
+- play at CoinRun dims (d 512 x 12, 16x16 tokens, 25 MaskGIT steps, 16 frames of context) on the GPU,
+  cached and recomputed, fp32 and bf16 autocast (goal >= 10 FPS; the paper's model ran at ~1 FPS).
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ def timeit(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def matmul_flops(n: int = 1024) -> float:
@@ -106,9 +118,14 @@ def dynamics_step(quick: bool) -> dict[str, float]:
     return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": (6 * dense * n + attn) / sec, "dim": d}
 
 
-def play_speed(quick: bool, dims: str = "tiny") -> dict[str, float]:
+def play_speed(
+    quick: bool, dims: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None
+) -> dict[str, float]:
     """Frames/s of Genie.step (25 MaskGIT steps) with and without the KV cache, 16 frames of context.
-    ``dims``: ``tiny`` (d 128 x 2, the demo's model) or ``coinrun`` (d 512 x 12, App. F's dynamics)."""
+    ``dims``: ``tiny`` (d 128 x 2, the demo's model) or ``coinrun`` (d 512 x 12, App. F's dynamics).
+    ``dtype``: autocast dtype (``None``: fp32)."""
+    import contextlib
+
     from genie.models import Genie
     from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
 
@@ -119,15 +136,24 @@ def play_speed(quick: bool, dims: str = "tiny") -> dict[str, float]:
     )
     dyn = DynamicsModel(DynamicsConfig(num_codes=1024, grid=(16, 16), num_actions=8, transformer=dyn_st))
     out: dict[str, float] = {}
+    gpu = device != "cpu"
+    amp = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     for cache in (True, False):
         frames = (2 if quick else 6) if cache else (1 if quick or dims != "tiny" else 3)
+        if gpu:
+            frames *= 5
         genie = Genie(tok, dyn, None, SamplingConfig(steps=25, context_frames=16, use_cache=cache)).eval()
+        genie = genie.to(device)
         prompt = torch.rand(1, 16, 3, 64, 64)  # a full 16-frame window: the steady state of a long session
-        genie.reset(prompt, actions=torch.zeros(1, 15, dtype=torch.long), seed=0)
-        genie.step(0)  # warm-up
-        start = time.perf_counter()
-        for i in range(frames):
-            genie.step(i % 8)
+        with amp:
+            genie.reset(prompt, actions=torch.zeros(1, 15, dtype=torch.long), seed=0)
+            genie.step(0)  # warm-up
+            genie.step(1)
+            sync(device)
+            start = time.perf_counter()
+            for i in range(frames):
+                genie.step(i % 8)
+            sync(device)
         out["cached_fps" if cache else "recompute_fps"] = frames / (time.perf_counter() - start)
     out["cache_speedup"] = out["cached_fps"] / out["recompute_fps"]
     return out
@@ -177,12 +203,129 @@ def st_vs_full(quick: bool) -> list[dict[str, float]]:
     return rows
 
 
+def gpu_matmul_flops(n: int = 8192) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+
+    def mm() -> None:
+        for _ in range(10):
+            a @ b
+        torch.cuda.synchronize()
+
+    return 10 * 2 * n**3 / timeit(mm, warmup=2, repeat=5)
+
+
+def gpu_dynamics_step(
+    dim: int = 1024, depth: int = 24, batch: int = 4, frames: int = 16, compile_blocks: bool = False
+) -> dict[str, float]:
+    """bf16-autocast MaskGIT train step of a dynamics model with >= 400M parameters (16x16 tokens, 16 frames)."""
+    from genie.distributed import apply_policies
+    from genie.models.dynamics import DynamicsConfig, DynamicsModel
+
+    cfg = DynamicsConfig(
+        num_codes=1024,
+        grid=(16, 16),
+        num_actions=8,
+        transformer={"dim": dim, "depth": depth, "num_heads": dim // 64},
+    )
+    model = DynamicsModel(cfg).cuda()
+    if compile_blocks:
+        apply_policies(model, compile_blocks=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    tokens = torch.randint(0, 1024, (batch, frames, 16, 16), device="cuda")
+    actions = torch.randint(0, 8, (batch, frames - 1), device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _, _ = model.loss(tokens, actions)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+
+    torch.cuda.reset_peak_memory_stats()
+    sec = timeit(step, warmup=3, repeat=10)
+    n = batch * frames * 256
+    dense = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed" not in name)
+    attn = 3 * 4 * dim * n * (256 + frames) * depth
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "params": params,
+        "dim": dim,
+        "depth": depth,
+        "batch": batch,
+        "seconds": sec,
+        "tokens_per_s": n / sec,
+        "flops_per_s": (6 * dense * n + attn) / sec,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "compiled_blocks": float(compile_blocks),
+    }
+
+
+# dense bf16 tensor-core peaks from the datasheets (FLOP/s), for the MFU against the vendor's figure
+DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def gpu_main(out: Path) -> None:
+    name = torch.cuda.get_device_name()
+    datasheet = next((v for k, v in DATASHEET_BF16.items() if k in name), None)
+    peak = gpu_matmul_flops()
+    result: dict[str, Any] = {"torch": torch.__version__, "device": name, "bf16_matmul_flops_per_s": peak}
+    lines = ["| figure (GPU) | value |", "|---|---|", f"| device | {name} |"]
+    lines.append(f"| bf16 matmul (8192³), measured | {peak / 1e12:.0f} TFLOP/s |")
+
+    def write() -> None:
+        (out / "gpu_benchmark.json").write_text(json.dumps(result, indent=2))
+        (out / "gpu_benchmark.md").write_text("\n".join(lines) + "\n")
+
+    for label, kwargs in (("eager", {}), ("compiled blocks", {"compile_blocks": True})):
+        try:
+            r = gpu_dynamics_step(**kwargs)  # type: ignore[arg-type]
+        except Exception as e:  # report it and go on to the next figure
+            lines.append(f"| dynamics train step ({label}) | failed: {type(e).__name__}: {str(e)[:120]} |")
+            continue
+        r["mfu_of_measured_matmul"] = r["flops_per_s"] / peak
+        if datasheet:
+            r["mfu_of_datasheet"] = r["flops_per_s"] / datasheet
+        result[f"dynamics_train_step_{label.replace(' ', '_')}"] = r
+        lines.append(
+            f"| dynamics train step, {r['params'] / 1e6:.0f}M params (d {r['dim']} x {r['depth']}, batch "
+            f"{r['batch']}x16 frames x 256 tokens), bf16, {label} | {r['tokens_per_s']:.0f} tokens/s, "
+            f"{r['flops_per_s'] / 1e12:.0f} TFLOP/s = {r['mfu_of_measured_matmul']:.2f} of measured matmul"
+            + (f", MFU {r['mfu_of_datasheet']:.2f} of datasheet" if datasheet else "")
+            + f", peak memory {r['peak_memory_gib']:.1f} GiB |"
+        )
+        write()
+        torch.cuda.empty_cache()
+    for label, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
+        pl = play_speed(False, "coinrun", device="cuda", dtype=dtype)
+        result[f"play_coinrun_{label.split()[0]}"] = pl
+        lines.append(
+            f"| play at CoinRun dims (d 512 x 12), 25 MaskGIT steps, {label}: cached / recomputed | "
+            f"{pl['cached_fps']:.1f} / {pl['recompute_fps']:.1f} frames/s = {pl['cache_speedup']:.1f}× "
+            "(goal ≥ 10 FPS) |"
+        )
+        write()
+    print("\n".join(lines))
+    print(f"\nwritten: {out / 'gpu_benchmark.json'}, {out / 'gpu_benchmark.md'}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench", help="folder for benchmark.json and benchmark.md")
     p.add_argument("--quick", action="store_true", help="smaller shapes (seconds, for tests)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU figures only")
     a = p.parse_args()
     torch.manual_seed(0)
+    if a.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                "error: --device cuda but CUDA is not available; run on a GPU machine or drop --device"
+            )
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        gpu_main(out)
+        return
     peak = matmul_flops(512 if a.quick else 1024)
     tok = tokenizer_step(a.quick)
     dyn = dynamics_step(a.quick)

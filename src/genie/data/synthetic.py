@@ -1,8 +1,11 @@
 """A procedurally generated 2D platformer: the embedded default dataset (no download).
 
-Every world is drawn from a seed: a colour theme, a parallax background of hills and clouds, a textured
-ground with gaps, floating platforms at random heights, coins, and a player sprite with gravity and jumps
-(its pose shows the buttons held: legs apart while running, a yellow body while jump is held).
+Every world is drawn from a seed: a colour theme, a background of hills and clouds (optionally parallax), a
+striped ground with gaps, floating platforms at random heights, coins, and a player sprite with gravity and
+jumps (its pose shows the buttons held: legs apart while running, a yellow body while jump is held). The
+camera follows the player, so running scrolls the view by ``run_speed`` pixels a frame: 4 by default, one
+token of the tiny tokenizer's 4-pixel patches, so that a control learnt by a small model is "move the tokens
+one place" rather than a table of half-shifted codes (``run_speed=2, parallax=0.5`` is the harder world).
 A uniformly random policy (a fresh action every frame, like the random agents behind the CoinRun datasets;
 ``action_repeat_prob`` adds persistence) drives the player over a small real action set, and the true
 action of every transition is recorded so that latent actions can be evaluated against it.
@@ -77,8 +80,8 @@ class PlatformerConfig:
     num_gaps: int = 6
     num_coins: int = 20
     camera_deadzone: float = 0.0  # > 0: the camera scrolls only when the player leaves the middle band
-    parallax: float = 0.5  # background scroll speed relative to the foreground (1: no parallax)
-    run_speed: float = 2.0  # logical pixels per frame
+    parallax: float = 1.0  # background scroll speed relative to the foreground (1: no parallax)
+    run_speed: float = 4.0  # logical pixels per frame
     sprite_scale: int = 1  # the player is 6x8 logical pixels times this
 
 
@@ -112,7 +115,7 @@ class PlatformerWorld:
     def _build_layers(self, theme: tuple[tuple[int, int, int], ...]) -> None:
         sky, hills, clouds, ground, texture, platform, edge = (np.array(c, np.uint8) for c in theme)
         rng, h, ww = self.rng, _LOGICAL_H, self.world_w
-        # Parallax background (scrolls at half speed): sky, rolling hills, clouds.
+        # Background (scrolls at ``parallax`` times the foreground's speed): sky, rolling hills, clouds.
         bw = int(ww * self.cfg.parallax) + self.view_w
         bg = np.empty((h, bw, 3), np.uint8)
         bg[:] = sky
@@ -135,7 +138,10 @@ class PlatformerWorld:
             gx = int(rng.integers(self.view_w, ww - self.view_w))
             solid[self.ground_y :, gx : gx + int(rng.integers(8, 16))] = False
         fg[solid] = ground
-        stripes = ((np.arange(ww) // 4) % 2 == 0)[None] & solid & (np.arange(h)[:, None] >= self.ground_y + 2)
+        # Stripes with a 12-px period: a 4-px scroll either way looks different (a period of 8 would look the
+        # same scrolled 4 px left or right, hiding the direction of motion).
+        band = (np.arange(ww) // 6) % 2 == 0
+        stripes = band[None] & solid & (np.arange(h)[:, None] >= self.ground_y + 2)
         fg[stripes] = texture
         fg[self.ground_y, solid[self.ground_y]] = edge
         for _ in range(self.cfg.num_platforms):
@@ -280,15 +286,18 @@ def write_synthetic_shards(
     width: int = 64,
     seed: int = 0,
     clip_frames: int = 16,
+    run_speed: float = 4.0,
+    parallax: float = 1.0,
 ) -> dict[str, Any]:
     """Write ``train-*.tar`` and ``val-*.tar`` shards of platformer clips (val worlds are unseen in train).
+    ``run_speed`` and ``parallax``: see :class:`PlatformerConfig`.
 
     Idempotent: a ``manifest.json`` is written last; when it exists with the same settings nothing is redone.
     """
     out = Path(out_dir)
     settings = {
         "generator": "genie.data.synthetic",
-        "version": 3,  # 2: the sprite shows the buttons held; 3: i.i.d. random actions
+        "version": 4,  # 2: the sprite shows the buttons held; 3: i.i.d. random actions; 4: 12-px stripes
         "train_clips": train_clips,
         "val_clips": val_clips,
         "clips_per_shard": clips_per_shard,
@@ -298,6 +307,8 @@ def write_synthetic_shards(
         "clip_frames": clip_frames,
         "fps": FPS,
         "actions": list(ACTIONS),
+        "run_speed": float(run_speed),
+        "parallax": float(parallax),
     }
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
@@ -306,7 +317,7 @@ def write_synthetic_shards(
             return manifest
     for stale in [*out.glob("train-*.tar"), *out.glob("val-*.tar")]:  # other settings: start afresh
         stale.unlink()
-    cfg = PlatformerConfig(height=height, width=width)
+    cfg = PlatformerConfig(height=height, width=width, run_speed=run_speed, parallax=parallax)
     shards: list[str] = []
     for split, n, split_seed in (("train", train_clips, seed), ("val", val_clips, seed + 1_000_003)):
         with ShardWriter(str(out / f"{split}-%06d.tar"), max_count=clips_per_shard) as writer:

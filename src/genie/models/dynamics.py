@@ -35,10 +35,28 @@ class DynamicsConfig:
         default_factory=lambda: STConfig(dim=512, depth=12, num_heads=8)
     )
     mask_rate: Sequence[float] = (0.5, 1.0)
+    # Probability that a training frame (2..T) is masked whole instead of at the example's rate. With a partly
+    # visible frame the model can read the motion off the visible tokens and need not use the action; a
+    # wholly masked frame (as at the first MaskGIT step of generation) can only be predicted from the past and
+    # the action. 0 in the paper; small models trained briefly learn control much sooner with it (README).
+    full_mask_prob: float = 0.0
+    # > 0: a copy head (the token-space analogue of the LAM's shift head). Each token's distribution becomes a
+    # mixture of the generated one and copies of the previous frame's tokens at offsets within this radius,
+    # with the gate and the offset weights predicted from the token's hidden state (which carries the action).
+    # Scrolling worlds then need only "which way did it move", not a table of shifted codes. 0 in the paper.
+    copy_radius: int = 0
 
     def __post_init__(self) -> None:
         self.grid = (int(self.grid[0]), int(self.grid[1]))
         self.mask_rate = (float(self.mask_rate[0]), float(self.mask_rate[1]))
+        if not 0.0 <= self.mask_rate[0] <= self.mask_rate[1] <= 1.0:
+            raise ValueError(
+                f"mask_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.mask_rate)}"
+            )
+        if not 0.0 <= self.full_mask_prob <= 1.0:
+            raise ValueError(f"full_mask_prob must be in [0, 1], got {self.full_mask_prob}")
+        if self.copy_radius < 0:
+            raise ValueError(f"copy_radius must be >= 0 (0 = off), got {self.copy_radius}")
         self.transformer = as_st_config(self.transformer)
         if self.action_mode not in ("add", "prepend"):
             raise ValueError(f"action_mode must be 'add' or 'prepend', got {self.action_mode!r}")
@@ -52,11 +70,21 @@ class DynamicsConfig:
     def hw(self) -> tuple[int, int]:
         return int(self.grid[0]), int(self.grid[1])
 
+    @property
+    def copy_offsets(self) -> int:
+        return (2 * self.copy_radius + 1) ** 2 if self.copy_radius > 0 else 0
+
     def num_params(self) -> int:
-        """Closed form: transformer + token embeddings (codes + mask) + actions (+ start) + output head."""
+        """Closed form: transformer + token embeddings (codes + mask) + actions (+ start) + output head
+        (+ the copy head: offset weights and the gate, with biases)."""
         d = self.st.dim
+        k = self.copy_offsets
         return (
-            self.st.num_params() + (self.num_codes + 1) * d + (self.num_actions + 1) * d + d * self.num_codes
+            self.st.num_params()
+            + (self.num_codes + 1) * d
+            + (self.num_actions + 1) * d
+            + d * self.num_codes
+            + ((d + 1) * (k + 1) if k else 0)
         )
 
 
@@ -74,6 +102,20 @@ class DynamicsModel(nn.Module):
         self.head = nn.Linear(d, cfg.num_codes, bias=False)
         for emb in (self.token_embed, self.action_embed):
             nn.init.normal_(emb.weight, std=0.02)
+        self.copy_head: nn.Linear | None = None
+        if cfg.copy_radius > 0:
+            r, (h, w) = cfg.copy_radius, cfg.hw
+            k = cfg.copy_offsets
+            self.copy_head = nn.Linear(d, k + 1)  # offset logits, then the gate logit (generate vs copy)
+            nn.init.zeros_(self.copy_head.weight)
+            with torch.no_grad():  # start: half generate, half copy, the copy mostly from the same position
+                self.copy_head.bias.zero_()
+                self.copy_head.bias[k // 2] = 2.0
+            # flat index of each token's neighbour at each offset (clamped at the grid's edges)
+            dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+            rows = (torch.arange(h)[:, None, None] + dy.reshape(1, 1, -1)).clamp(0, h - 1)
+            cols = (torch.arange(w)[None, :, None] + dx.reshape(1, 1, -1)).clamp(0, w - 1)
+            self.register_buffer("copy_index", (rows * w + cols).reshape(h * w, k), persistent=False)
 
     @property
     def prefix(self) -> int:
@@ -108,15 +150,29 @@ class DynamicsModel(nn.Module):
         mask_BTS: Tensor | None = None,
         cache: KVCache | None = None,
         write_cache: bool = False,
+        prev_tokens_BHW: Tensor | None = None,
     ) -> Tensor:
+        """Logits of every token given the (masked) clip. With a copy head they are log-probabilities; the
+        copy source of frame t is frame t-1 as given (unmasked), i.e. the past as it is at generation time.
+        Continuing from a ``cache``, a copy-head model needs ``prev_tokens_BHW``, the frame before these."""
         b, t, h, w = tokens_BTHW.shape
         if (h, w) != self.cfg.hw:
             raise ValueError(f"expected a {self.cfg.hw} token grid per frame, got {(h, w)}")
-        ids_BTS = tokens_BTHW.reshape(b, t, h * w)
-        if mask_BTS is not None:
-            ids_BTS = ids_BTS.masked_fill(mask_BTS, self.mask_id)
+        clean_BTS = tokens_BTHW.reshape(b, t, h * w)
+        ids_BTS = clean_BTS.masked_fill(mask_BTS, self.mask_id) if mask_BTS is not None else clean_BTS
         t0 = cache.position if cache is not None else 0
-        return self.forward_ids(ids_BTS, self.frame_actions(actions_BT1, b, t, t0), cache, write_cache)
+        prev_BTS = None
+        if self.copy_head is not None:
+            if t0 > 0 and prev_tokens_BHW is None:
+                raise ValueError(
+                    "a copy-head model continuing from a cache needs prev_tokens_BHW (the last frame)"
+                )
+            # the clip's first frame (never scored) copies itself
+            first = prev_tokens_BHW.reshape(b, 1, h * w) if t0 > 0 else clean_BTS[:, :1]  # type: ignore[union-attr]
+            prev_BTS = torch.cat((first, clean_BTS[:, :-1]), 1)
+        return self.forward_ids(
+            ids_BTS, self.frame_actions(actions_BT1, b, t, t0), cache, write_cache, prev_BTS
+        )
 
     def forward_ids(
         self,
@@ -124,9 +180,11 @@ class DynamicsModel(nn.Module):
         frame_actions_BT: Tensor,
         cache: KVCache | None = None,
         write_cache: bool = False,
+        prev_ids_BTS: Tensor | None = None,
     ) -> Tensor:
         """Low-level forward: token ids (``mask_id`` where masked) and each frame's conditioning action id
-        (``num_actions`` = "no action yet"), as :meth:`frame_actions` builds them."""
+        (``num_actions`` = "no action yet"), as :meth:`frame_actions` builds them. ``prev_ids_BTS``: each
+        frame's previous frame (the copy head's source; without it the copy head is left out)."""
         x_BTSD = self.token_embed(ids_BTS)
         act_BTD = self.action_embed(frame_actions_BT)
         if self.cfg.action_mode == "add":
@@ -135,16 +193,44 @@ class DynamicsModel(nn.Module):
             x_BTSD = torch.cat((act_BTD[:, :, None], x_BTSD), dim=2)
         x_BTSD = self.transformer(
             x_BTSD, self.cfg.hw, cache=cache, write_cache=write_cache, prefix=self.prefix
-        )
-        return self.head(x_BTSD[:, :, self.prefix :])
+        )[:, :, self.prefix :]
+        logits_BTSV = self.head(x_BTSD)
+        if self.copy_head is None or prev_ids_BTS is None:
+            return logits_BTSV
+        return self._mix_copies(logits_BTSV, self.copy_head(x_BTSD), prev_ids_BTS)
+
+    def _mix_copies(self, logits_BTSV: Tensor, copy_BTSK: Tensor, prev_ids_BTS: Tensor) -> Tensor:
+        """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(prev[s + offset_k]) ), in fp32.
+
+        Dense work is one log-softmax: the copy mass touches only the K source ids of each token, so it is
+        added there (summed over offsets that point at the same id) and written back."""
+        k = self.cfg.copy_offsets
+        copy_BTSK = copy_BTSK.float()
+        gate_logit_BTS1 = copy_BTSK[..., k:]
+        weights_BTSK = copy_BTSK[..., :k].softmax(-1) * torch.sigmoid(-gate_logit_BTS1)  # (1 - g)·w_k
+        src_BTSK = prev_ids_BTS[:, :, self.copy_index]  # type: ignore[index]
+        logp_BTSV = logits_BTSV.float().log_softmax(-1) + F.logsigmoid(gate_logit_BTS1)  # log g·p_gen
+        same_BTSKK = src_BTSK[..., :, None] == src_BTSK[..., None, :]
+        mass_BTSK = (same_BTSKK * weights_BTSK[..., None, :]).sum(-1)  # copy mass landing on id src_k
+        at_src_BTSK = torch.logaddexp(logp_BTSV.gather(-1, src_BTSK), mass_BTSK.clamp_min(1e-30).log())
+        # offsets naming an id already named by an earlier one write the same value, detached: the gradient
+        # of each output reaches it once (scatter's backward hands it to every writer)
+        earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_BTSK.device).tril(-1)
+        repeat_BTSK = (same_BTSKK & earlier_KK).any(-1)
+        at_src_BTSK = torch.where(repeat_BTSK, at_src_BTSK.detach(), at_src_BTSK)
+        return logp_BTSV.scatter(-1, src_BTSK, at_src_BTSK)
 
     def random_mask(self, b: int, t: int, generator: torch.Generator | None = None) -> Tensor:
-        """MaskGIT training mask ``mask_BTS``: per example a rate ~ U(lo, hi) over frames 2..T; frame 1 never."""
+        """MaskGIT training mask ``mask_BTS``: per example a rate ~ U(lo, hi) over frames 2..T; frame 1 never.
+        With ``full_mask_prob`` > 0, each frame 2..T is instead masked whole with that probability."""
         s = self.cfg.hw[0] * self.cfg.hw[1]
         device = self.token_embed.weight.device
         lo, hi = self.cfg.mask_rate
         rate_B = lo + (hi - lo) * torch.rand(b, generator=generator, device=device)
         mask = torch.rand(b, t, s, generator=generator, device=device) < rate_B[:, None, None]
+        if self.cfg.full_mask_prob > 0:
+            whole_BT = torch.rand(b, t, generator=generator, device=device) < self.cfg.full_mask_prob
+            mask |= whole_BT[:, :, None]
         mask[:, 0] = False
         return mask
 
@@ -331,19 +417,22 @@ class Rollout:
             raise ValueError(f"action ids must be in [0, {na}), got {actions_B.tolist()}")
         s = self.frames[0].shape[1]
 
+        last_B1S = self.frames[-1][:, None]  # the copy head's source (if the model has one)
         if self.cache is not None:
             cache = self.cache
             act_B1 = actions_B[:, None]
 
             def predict(ids_BS: Tensor) -> Tensor:
-                return model.forward_ids(ids_BS[:, None], act_B1, cache)[:, 0]
+                return model.forward_ids(ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S)[:, 0]
 
         else:
             past_ids, past_acts = self._window()
             acts = torch.cat((past_acts, actions_B[:, None]), 1)
+            prev = torch.cat((past_ids[:, :1], past_ids), 1)  # only the new (last) frame's output is used
 
             def predict(ids_BS: Tensor) -> Tensor:
-                return model.forward_ids(torch.cat((past_ids, ids_BS[:, None]), 1), acts)[:, -1]
+                ids = torch.cat((past_ids, ids_BS[:, None]), 1)
+                return model.forward_ids(ids, acts, prev_ids_BTS=prev)[:, -1]
 
         new = maskgit_fill(
             predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device

@@ -81,10 +81,20 @@ class LAMConfig(PatchGeometry):
     # become a choice among a few shifts, which the decoder learns in a few hundred steps and which the action
     # must select - a strong, early training signal for the latent. 0 = the paper's plain decoder.
     warp_radius: int = 0
+    # Spacing of the shift kernel's taps in pixels: the taps shift by -r·stride .. r·stride. Gradient descent
+    # from the identity finds shifts a tap or two away; worlds that move several pixels per frame need a
+    # stride (e.g. 2 for 4-px scrolling) to bring them that close.
+    warp_stride: int = 1
     # Weight of the reconstruction term against the VQ terms. Pixel MSE between consecutive frames is ~1e-3,
     # so at weight 1 the commitment term dominates the encoder's gradient and holds every latent at the code it
     # started on (codes then never come to mean actions); ~1e3 restores the balance of a per-pixel-summed loss.
     recon_weight: float = 1.0
+    # VQ warm-up: for this many training steps the decoder reads the encoder's continuous latent (l2-normalised
+    # like the codes) instead of its code, and only the codebook term trains the codes (no commitment). The
+    # encoder learns what the decoder needs - e.g. which way the world moved - without the quantiser holding
+    # each latent at its code; then the bottleneck closes on codes that already sit among those latents.
+    # 0 = the paper's VQ from the first step.
+    vq_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -103,8 +113,12 @@ class LAMConfig(PatchGeometry):
             raise ValueError(f"LAM window must be >= 2 frames (one transition) or null, got {self.window}")
         if self.warp_radius < 0:
             raise ValueError(f"LAM warp_radius must be >= 0 (0 = off), got {self.warp_radius}")
+        if self.warp_stride < 1:
+            raise ValueError(f"LAM warp_stride must be >= 1, got {self.warp_stride}")
         if self.warp_radius > 0 and not (self.predict_residual and self.input == "pixels"):
             raise ValueError("LAM warp_radius > 0 needs pixel input and predict_residual=true")
+        if self.vq_warmup_steps < 0:
+            raise ValueError(f"LAM vq_warmup_steps must be >= 0, got {self.vq_warmup_steps}")
         if self.recon_weight <= 0:
             raise ValueError(f"LAM recon_weight must be > 0, got {self.recon_weight}")
         if not 0.0 <= self.decoder_mask_rate < 1.0:
@@ -174,6 +188,8 @@ class LatentActionModel(nn.Module):
             self.motion_embed = nn.Linear(cfg.channels * cfg.patch**2, de)
         self.encoder = STTransformer(cfg.enc)
         self.to_latent = nn.Linear(de, cfg.latent_dim)
+        if cfg.vq_warmup_steps > 0:  # training steps seen (saved: a resumed run knows where its warm-up is)
+            self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.quantizer = VectorQuantizer(
             cfg.num_actions,
             cfg.latent_dim,
@@ -319,27 +335,46 @@ class LatentActionModel(nn.Module):
     def _warp(self, context: Tensor, taps_BTSK: Tensor) -> Tensor:
         """Shift ``context_BTCHW`` per patch by the separable kernels ``taps`` (horizontal then vertical)."""
         cfg = self.cfg
-        r, p = cfg.warp_radius, cfg.patch
+        r, p, s = cfg.warp_radius, cfg.patch, cfg.warp_stride
         k = 2 * r + 1
         (gh, gw), (h, w) = cfg.grid, cfg.hw
         b, t = context.shape[:2]
         taps = taps_BTSK.float().reshape(b * t, gh, gw, 2, k).permute(0, 3, 4, 1, 2).softmax(2)
         taps = taps.repeat_interleave(p, -2).repeat_interleave(p, -1)[..., :h, :w]  # (BT, 2, k, H, W)
         x = context.flatten(0, 1).float()
-        padded = F.pad(x, (r, r, 0, 0), mode="replicate")
-        x = sum((taps[:, 0, i : i + 1] * padded[..., i : i + w] for i in range(k)), torch.zeros_like(x))
-        padded = F.pad(x, (0, 0, r, r), mode="replicate")
-        x = sum((taps[:, 1, i : i + 1] * padded[..., i : i + h, :] for i in range(k)), torch.zeros_like(x))
+        padded = F.pad(x, (r * s, r * s, 0, 0), mode="replicate")
+        x = sum(
+            (taps[:, 0, i : i + 1] * padded[..., i * s : i * s + w] for i in range(k)), torch.zeros_like(x)
+        )
+        padded = F.pad(x, (0, 0, r * s, r * s), mode="replicate")
+        x = sum(
+            (taps[:, 1, i : i + 1] * padded[..., i * s : i * s + h, :] for i in range(k)), torch.zeros_like(x)
+        )
         return x.reshape(b, t, *x.shape[1:])
 
+    @property
+    def warming_up(self) -> bool:
+        """True while training inside ``vq_warmup_steps`` (the decoder then reads continuous latents)."""
+        steps = getattr(self, "train_steps", None)
+        return self.training and steps is not None and int(steps) < self.cfg.vq_warmup_steps
+
     def forward(self, x: Tensor) -> LAMOutput:
-        vq = self.quantize(x)
+        z = self.encode_latents(x)
+        vq = self.quantizer(z)
         rate = self.cfg.decoder_mask_rate if self.training else 0.0
-        pred = self.decode(x[:, :-1], vq.z_q, rate)
+        if self.warming_up:
+            latent = F.normalize(z, dim=-1) if self.cfg.vq_l2 else z
+            vq_loss = vq.codebook_loss  # codes follow the latents; nothing pulls the latents to the codes yet
+        else:
+            latent, vq_loss = vq.z_q, vq.loss
+        steps = getattr(self, "train_steps", None)
+        if self.training and isinstance(steps, Tensor):
+            steps.add_(1)
+        pred = self.decode(x[:, :-1], latent, rate)
         target = x[:, 1:]
         if self.cfg.input == "tokens":
             recon = F.cross_entropy(pred.flatten(0, 2).float(), target.flatten().long())
         else:
             recon = F.mse_loss(pred.float(), target.float())
-        loss = self.cfg.recon_weight * recon + vq.loss
+        loss = self.cfg.recon_weight * recon + vq_loss
         return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon)
