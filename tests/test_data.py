@@ -139,7 +139,11 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(shards: Path, tmp_
     good = sorted(shards.glob("train-*.tar"))[:2]
     truncated = tmp_path / "trunc.tar"
     data = good[0].read_bytes()
-    truncated.write_bytes(data[: len(data) // 2])
+    with tarfile.open(
+        good[0]
+    ) as tar:  # cut inside a member's data (a cut at a header boundary reads cleanly)
+        member = tar.getmembers()[len(tar.getmembers()) // 2]
+    truncated.write_bytes(data[: member.offset_data + member.size // 2])
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(b"not a tar file" * 100)
     stream = ClipStream([str(good[0]), str(truncated), str(garbage), str(good[1])])
