@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,video,metrics,play,agents
 
-.PHONY: install browser test lint format typecheck pytest test-procgen procgen-venv demo bench clean
+.PHONY: install browser test lint format typecheck pytest test-procgen procgen-venv test-xla xla-venv demo bench clean
 
 install: $(STAMP)
 
@@ -58,6 +58,24 @@ procgen-venv: $(PROCGEN_VENV)/.installed
 test-procgen: $(PROCGEN_VENV)/.installed
 	$(PROCGEN_VENV)/bin/python -m pytest -m procgen $(PYTEST_ARGS)
 
+# torch-xla (TPU) pins its torch: torch-xla 2.9.0 imports only beside torch 2.9.0. So .venv-xla is a second,
+# complete environment (torch 2.9.0 + torch-xla 2.9.0 + this package, ~7 GB: torch's PyPI wheel carries CUDA
+# libraries), and the XLA tests run there on torch-xla's CPU device (PJRT_DEVICE=CPU). Run by .ci/run after
+# `make test`; a few minutes.
+XLA_VENV := .venv-xla
+XLA_PINS := torch==2.9.0 torchvision==0.24.0 torch-xla==2.9.0
+$(XLA_VENV)/.installed: setup.cfg pyproject.toml
+	@test -x $(XLA_VENV)/bin/python || $(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install -q --upgrade pip
+	@printf '%s\n' $(XLA_PINS) > $(XLA_VENV)/constraints.txt
+	$(XLA_VENV)/bin/python -m pip install -q -e ".[dev,xla]" -c $(XLA_VENV)/constraints.txt
+	@touch $@
+
+xla-venv: $(XLA_VENV)/.installed
+
+test-xla: $(XLA_VENV)/.installed
+	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python -m pytest -m xla $(PYTEST_ARGS)
+
 test: lint typecheck pytest test-procgen
 
 demo: install
@@ -67,4 +85,4 @@ bench: install
 	$(PY) tools/benchmark.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(PROCGEN_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info outputs multirun
+	rm -rf $(VENV) $(PROCGEN_VENV) $(XLA_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info outputs multirun

@@ -27,7 +27,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from genie.metrics import ActionNMI, CodeUsage, FrechetVideoDistance, frame_psnr, probe_accuracy
-from genie.models.dynamics import DynamicsModel, SamplingConfig
+from genie.models.dynamics import DynamicsModel, SamplingConfig, seeded_generator
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 
@@ -141,7 +141,7 @@ class Evaluator:
 
     def _generate(self, prompt: Tensor, actions: Tensor, seed: int) -> Tensor:
         assert self.dynamics is not None
-        g = torch.Generator(device=prompt.device).manual_seed(seed)  # same noise for inferred and random
+        g = seeded_generator(prompt.device, seed)  # same noise for inferred and random
         return self.dynamics.generate(prompt, actions, sampling=self.sampling, generator=g)
 
     def compute(self) -> dict[str, Any]:

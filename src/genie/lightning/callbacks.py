@@ -28,6 +28,10 @@ class NonFiniteGuard(L.Callback):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return
+        if grads[0].device.type == "xla":  # materialise the step first: reading the flag would otherwise
+            import torch_xla.core.xla_model as xm  # compute the whole forward/backward twice
+
+            xm.mark_step()
         finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
         if bool(finite):
             self.in_a_row = 0

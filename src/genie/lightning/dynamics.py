@@ -21,6 +21,7 @@ from genie.lightning.common import (
     OptimConfig,
     as_dataclass,
     build_optimizer,
+    frame_window,
     frozen_tokenizer,
     media_root,
     plain_data,
@@ -30,7 +31,7 @@ from genie.lightning.common import (
 from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI
 from genie.metrics.video import frame_psnr
-from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
+from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig, seeded_generator
 from genie.models.io import config_from_dict, load_model
 from genie.models.lam import LAMConfig, LatentActionModel
 
@@ -38,10 +39,10 @@ ActionSource = Literal["lam", "true", "cotrain"]
 
 
 def masked_accuracy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Tensor) -> Tensor:
-    """Share of masked positions whose most likely code is the true one (0 when nothing is masked)."""
-    if not mask_BTS.any():
-        return logits_BTSV.new_zeros(())
-    return (logits_BTSV.argmax(-1)[mask_BTS] == targets_BTS[mask_BTS]).float().mean()
+    """Share of masked positions whose most likely code is the true one (0 when nothing is masked); in static
+    shapes (no boolean indexing), so that it compiles once on XLA."""
+    hits = ((logits_BTSV.argmax(-1) == targets_BTS) & mask_BTS).sum()
+    return hits.float() / mask_BTS.sum().clamp_min(1).float()
 
 
 class DynamicsModule(L.LightningModule):
@@ -162,7 +163,7 @@ class DynamicsModule(L.LightningModule):
             raise ValueError(
                 f"true action ids reach {int(acts.max())} but model.model.num_actions={self.cfg.num_actions}"
             )
-        return acts[:, start : stop - 1]
+        return frame_window(acts, start, stop - 1)
 
     def _actions(self, video: Tensor, batch: dict[str, Tensor], start: int, stop: int) -> Tensor:
         if self.actions == "true":
@@ -173,7 +174,7 @@ class DynamicsModule(L.LightningModule):
     # -- steps ----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         start, stop = random_window(batch["video"].shape[1], self.train_frames)
-        video = batch["video"][:, start:stop]
+        video = frame_window(batch["video"], start, stop)
         tokens = self.tokenizer.encode(video)
         logs: dict[str, Tensor] = {}
         lam_loss = torch.zeros((), device=video.device)
@@ -200,7 +201,7 @@ class DynamicsModule(L.LightningModule):
         actions = self._actions(video, batch, 0, t)
         if self.actions != "true" and "actions" in batch and (batch["actions"] >= 0).any():
             self.val_nmi.update(actions, batch["actions"])
-        gen = torch.Generator(device=video.device).manual_seed(1000 + batch_idx)
+        gen = seeded_generator(video.device, 1000 + batch_idx)
         loss, logits, mask = self.model.loss(tokens, actions, gen)
         self.val_loss.update(loss)
         if mask.any():
@@ -225,7 +226,7 @@ class DynamicsModule(L.LightningModule):
         )
         rolled = {}
         for name, acts in (("inferred", actions[:, :n]), ("random", random_actions)):
-            g = torch.Generator(device=video.device).manual_seed(seed)  # same sampling noise for both
+            g = seeded_generator(video.device, seed)  # same sampling noise for both
             rolled[name] = self.tokenizer.decode(
                 self.model.generate(prompt, acts, sampling=self.sampling, generator=g)
             )

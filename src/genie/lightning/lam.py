@@ -16,6 +16,7 @@ from genie.lightning.common import (
     OptimConfig,
     as_dataclass,
     build_optimizer,
+    frame_window,
     frozen_tokenizer,
     media_root,
     plain_data,
@@ -99,7 +100,7 @@ class LAMModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         video = batch["video"]
         start, stop = random_window(video.shape[1], self.train_frames)
-        out = self.model(self._inputs(video[:, start:stop]))
+        out = self.model(self._inputs(frame_window(video, start, stop)))
         n = video.shape[0]
         counts = out.vq.counts.float()
         share = counts / counts.sum().clamp_min(1)

@@ -137,7 +137,12 @@ class DynamicsModel(nn.Module):
             raise ValueError(
                 f"expected {need} actions per clip of {t} frames, got shape {tuple(actions_BT1.shape)}"
             )
-        if actions_BT1.numel() and (actions_BT1.min() < 0 or actions_BT1.max() >= self.cfg.num_actions):
+        on_xla = actions_BT1.device.type == "xla"  # (reading values would cut the step's graph in two)
+        if (
+            actions_BT1.numel()
+            and not on_xla
+            and (actions_BT1.min() < 0 or actions_BT1.max() >= self.cfg.num_actions)
+        ):
             raise ValueError(
                 f"action ids must be in [0, {self.cfg.num_actions}), got {actions_BT1.unique().tolist()}"
             )
@@ -212,7 +217,7 @@ class DynamicsModel(nn.Module):
         logp_BTSV = logits_BTSV.float().log_softmax(-1) + F.logsigmoid(gate_logit_BTS1)  # log g·p_gen
         same_BTSKK = src_BTSK[..., :, None] == src_BTSK[..., None, :]
         mass_BTSK = (same_BTSKK * weights_BTSK[..., None, :]).sum(-1)  # copy mass landing on id src_k
-        at_src_BTSK = torch.logaddexp(logp_BTSV.gather(-1, src_BTSK), mass_BTSK.clamp_min(1e-30).log())
+        at_src_BTSK = _logaddexp(logp_BTSV.gather(-1, src_BTSK), mass_BTSK.clamp_min(1e-30).log())
         # offsets naming an id already named by an earlier one write the same value, detached: the gradient
         # of each output reaches it once (scatter's backward hands it to every writer)
         earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_BTSK.device).tril(-1)
@@ -226,10 +231,10 @@ class DynamicsModel(nn.Module):
         s = self.cfg.hw[0] * self.cfg.hw[1]
         device = self.token_embed.weight.device
         lo, hi = self.cfg.mask_rate
-        rate_B = lo + (hi - lo) * torch.rand(b, generator=generator, device=device)
-        mask = torch.rand(b, t, s, generator=generator, device=device) < rate_B[:, None, None]
+        rate_B = lo + (hi - lo) * _uniform((b,), generator, device)
+        mask = _uniform((b, t, s), generator, device) < rate_B[:, None, None]
         if self.cfg.full_mask_prob > 0:
-            whole_BT = torch.rand(b, t, generator=generator, device=device) < self.cfg.full_mask_prob
+            whole_BT = _uniform((b, t), generator, device) < self.cfg.full_mask_prob
             mask |= whole_BT[:, :, None]
         mask[:, 0] = False
         return mask
@@ -242,8 +247,7 @@ class DynamicsModel(nn.Module):
         mask = self.random_mask(b, t, generator)
         logits = self(tokens_BTHW, actions_BT1, mask)
         targets = tokens_BTHW.reshape(b, t, -1)
-        loss = F.cross_entropy(logits[mask].float(), targets[mask]) if mask.any() else logits.sum() * 0
-        return loss, logits, mask
+        return masked_cross_entropy(logits, targets, mask), logits, mask
 
     @torch.no_grad()
     def generate(
@@ -303,6 +307,33 @@ def maskgit_schedule(num_tokens: int, steps: int) -> list[int]:
         left.append(n)
         prev = n
     return left
+
+
+def masked_cross_entropy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Tensor) -> Tensor:
+    """Mean cross-entropy over the masked positions (0, with a gradient path, when none is masked). On XLA
+    in static shapes - every position, weighted by the mask - so that one compiled graph serves every step;
+    elsewhere on the masked positions only (cheaper)."""
+    if logits_BTSV.device.type == "xla":
+        ce = F.cross_entropy(logits_BTSV.flatten(0, 2).float(), targets_BTS.flatten(), reduction="none")
+        weight = mask_BTS.flatten().to(ce.dtype)
+        return (ce * weight).sum() / weight.sum().clamp_min(1.0)
+    if not mask_BTS.any():
+        return logits_BTSV.sum() * 0
+    return F.cross_entropy(logits_BTSV[mask_BTS].float(), targets_BTS[mask_BTS])
+
+
+def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
+    """log(exp(a) + exp(b)), stable (torch.logaddexp has no XLA lowering: it would run on the host)."""
+    m = torch.maximum(a, b)
+    return m + ((a - m).exp() + (b - m).exp()).log()
+
+
+def seeded_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A generator for sampling on ``device``: on that device where torch has generators for it (CPU, CUDA),
+    else on the CPU (XLA, MPS) - the samplers here draw on the generator's device and move the draws."""
+    device = torch.device(device)
+    where = device if device.type in ("cpu", "cuda") else torch.device("cpu")
+    return torch.Generator(device=where).manual_seed(seed)
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:

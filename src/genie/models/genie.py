@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig
+from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, seeded_generator
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 from genie.nn import KVCache
@@ -209,7 +209,7 @@ class Genie(nn.Module):
         self._decoder_cache = None if dec.pos_emb == "learned" else KVCache(self.sampling.context_frames)
         self._generator = None
         if seed is not None:
-            self._generator = torch.Generator(self.device).manual_seed(seed)
+            self._generator = seeded_generator(self.device, seed)
         self._frames = list(self._decode(tokens).unbind(1))
         return self._frames[-1]
 

@@ -196,7 +196,8 @@ class KVCache:
         if self.max_frames is not None:
             # Each frame is 1 key (temporal attention) or S keys (full attention) along dim 2.
             keep = self.max_frames * (k.shape[2] // (self.frames + frames))
-            k, v = k[:, :, -keep:], v[:, :, -keep:]
+            start = max(0, k.shape[2] - keep)  # (a start past the front is an error on XLA)
+            k, v = k[:, :, start:], v[:, :, start:]
         if layer < len(self.layers):
             self.layers[layer] = (k, v)
         else:
