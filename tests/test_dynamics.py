@@ -13,6 +13,7 @@ from genie.models.dynamics import (
     DynamicsModel,
     Rollout,
     SamplingConfig,
+    maskgit_fill,
     maskgit_schedule,
 )
 from genie.nn import KVCache, STConfig
@@ -200,6 +201,26 @@ def test_sampler_valid_ids_and_deterministic(temperature: float) -> None:
     assert torch.equal(out1, out2)
     assert out1.min() >= 0 and out1.max() < 32  # never the mask id
     assert torch.equal(out1[:, :1], prompt)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampler_draws_from_the_tempered_softmax(temperature: float) -> None:
+    # One step fills every token: each is one categorical draw. Code 4 has probability 0 and is never drawn.
+    logits_V = torch.tensor([0.0, 1.0, 2.0, 3.0, -math.inf])
+    n = 20000
+    ids = maskgit_fill(
+        lambda ids_BS: logits_V.expand(*ids_BS.shape, 5),
+        n,
+        1,
+        5,
+        1,
+        temperature,
+        torch.Generator().manual_seed(0),
+    )
+    freq = torch.bincount(ids.flatten(), minlength=5).float() / n
+    expected = (logits_V / temperature).softmax(-1)
+    assert freq[4] == 0
+    torch.testing.assert_close(freq, expected, atol=0.012, rtol=0)
 
 
 @pytest.mark.parametrize("mode", ["add", "prepend", "copy"])

@@ -200,5 +200,9 @@ def test_vq_warmup_feeds_continuous_latents_then_closes_the_bottleneck() -> None
             torch.testing.assert_close(out.loss, out.recon_loss + out.vq.loss)
     assert int(model.state_dict()["train_steps"]) == 3  # saved with the weights: a resumed run knows its step
     assert not model.eval().warming_up and "train_steps" not in LatentActionModel(tiny_cfg()).state_dict()
+    fresh = LatentActionModel(tiny_cfg(vq_warmup_steps=2)).train()
+    assert fresh.warming_up  # the host counter, read once ...
+    fresh.load_state_dict(model.state_dict())
+    assert not fresh.warming_up  # ... is read again after loading: a resumed run is past its warm-up
     with pytest.raises(ValueError, match="vq_warmup_steps"):
         tiny_cfg(vq_warmup_steps=-1)

@@ -73,8 +73,8 @@ def _inputs(stage: str, model: nn.Module, frames: int, dtype: torch.dtype) -> An
         ids = torch.zeros(1, frames, gh * gw, dtype=torch.long, device="meta")
         actions = torch.zeros(1, frames, dtype=torch.long, device="meta")  # (no range check on meta)
 
-        def run() -> None:
-            logits = model.forward_ids(ids, actions)  # type: ignore[operator]
+        def run() -> None:  # (with a copy head, its mixture with the previous frame's tokens counts too)
+            logits = model.forward_ids(ids, actions, prev_ids_BTS=ids)  # type: ignore[operator]
             F.cross_entropy(logits.flatten(0, 2).float(), ids.flatten()).backward()
 
         return run

@@ -361,13 +361,14 @@ def maskgit_fill(
         # Only the still-masked positions are sampled (every row has the same number of them).
         pos = masked.nonzero()[:, 1].reshape(batch, -1)  # (B, M) indices of the masked tokens
         sub = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1])).float()  # (B, M, V)
-        logp = sub.log_softmax(-1)
-        if temperature > 0:  # Gumbel-max: a categorical draw from softmax(logits / temperature)
-            u = _uniform(tuple(sub.shape), generator, device).clamp_(1e-20, 1.0)
-            pick = (sub / temperature - torch.log(-torch.log(u))).argmax(-1)
+        if temperature > 0:  # a categorical draw from softmax(logits / temperature) by inverting its CDF:
+            # one uniform per token (Gumbel-max would need one per token and code, and two logs of each)
+            cdf = (sub if temperature == 1.0 else sub / temperature).softmax(-1).cumsum_(-1)
+            u = _uniform((batch, sub.shape[1], 1), generator, device)
+            pick = torch.searchsorted(cdf, u, right=True)[..., 0].clamp_(max=sub.shape[-1] - 1)
         else:
             pick = sub.argmax(-1)
-        conf_m = logp.gather(-1, pick[..., None])[..., 0]
+        conf_m = sub.gather(-1, pick[..., None])[..., 0] - sub.logsumexp(-1)  # log p(pick), untempered
         sampled = ids.scatter(1, pos, pick)
         conf = torch.full(ids.shape, torch.inf, device=device).scatter(1, pos, conf_m)
         remask = torch.zeros_like(masked)

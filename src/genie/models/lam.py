@@ -190,6 +190,8 @@ class LatentActionModel(nn.Module):
         self.to_latent = nn.Linear(de, cfg.latent_dim)
         if cfg.vq_warmup_steps > 0:  # training steps seen (saved: a resumed run knows where its warm-up is)
             self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self._host_steps: int | None = None  # host copy of train_steps (see warming_up)
+        self.register_load_state_dict_post_hook(LatentActionModel._forget_host_steps)
         self.quantizer = VectorQuantizer(
             cfg.num_actions,
             cfg.latent_dim,
@@ -356,7 +358,15 @@ class LatentActionModel(nn.Module):
     def warming_up(self) -> bool:
         """True while training inside ``vq_warmup_steps`` (the decoder then reads continuous latents)."""
         steps = getattr(self, "train_steps", None)
-        return self.training and steps is not None and int(steps) < self.cfg.vq_warmup_steps
+        if not self.training or steps is None:
+            return False
+        if self._host_steps is None:  # read the buffer once (after building or loading), then count here:
+            self._host_steps = int(steps)  # a read per step would stall a GPU/TPU on the host
+        return self._host_steps < self.cfg.vq_warmup_steps
+
+    @staticmethod
+    def _forget_host_steps(module: nn.Module, incompatible_keys: Any) -> None:
+        module._host_steps = None  # type: ignore[assignment]
 
     def forward(self, x: Tensor) -> LAMOutput:
         z = self.encode_latents(x)
@@ -370,6 +380,8 @@ class LatentActionModel(nn.Module):
         steps = getattr(self, "train_steps", None)
         if self.training and isinstance(steps, Tensor):
             steps.add_(1)
+            if self._host_steps is not None:
+                self._host_steps += 1
         pred = self.decode(x[:, :-1], latent, rate)
         target = x[:, 1:]
         if self.cfg.input == "tokens":
