@@ -157,7 +157,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = 
     # The final weights, whatever the checkpoint interval (written to a temporary name, then renamed).
     ckpt_dir = out_dir / "checkpoints"
     tmp = ckpt_dir / "last.ckpt.tmp"
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # a full checkpoint: resumable
     if trainer.is_global_zero:
         os.replace(tmp, ckpt_dir / "last.ckpt")
 
