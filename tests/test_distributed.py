@@ -49,7 +49,9 @@ def stage_checkpoints(root: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def fit(tmp_path: Path, name: str, *extra: str) -> tuple[list[float], dict]:
+def fit(
+    tmp_path: Path, name: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[list[float], dict]:
     tok, lam = stage_checkpoints(tmp_path / "stages")
     run = tmp_path / name
     cmd = [
@@ -59,7 +61,7 @@ def fit(tmp_path: Path, name: str, *extra: str) -> tuple[list[float], dict]:
         "trainer.val_check_interval=6", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
         "model.optim.warmup_steps=1", "evaluate=false", *DATA, *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with (run / "logs" / "metrics.csv").open() as f:

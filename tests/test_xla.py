@@ -6,8 +6,6 @@ second run resumes from it."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +15,7 @@ import pytest
 import torch
 
 from genie.models.io import load_model
-from test_distributed import DATA, stage_checkpoints
+from test_distributed import DATA, fit
 
 try:
     import torch_xla  # noqa: F401
@@ -35,26 +33,13 @@ pytestmark = [
 ]
 
 
-def xla_fit(tmp_path: Path, name: str, steps: int, *extra: str) -> tuple[list[float], dict, Path]:
-    tok, lam = stage_checkpoints(tmp_path / "stages")
-    run = tmp_path / name
-    cmd = [
-        sys.executable, "-m", "genie.train", "+experiment=dynamics_tiny", "trainer=xla",
-        f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", "callbacks.rich_progress_bar=null",
-        f"model.tokenizer_ckpt={tok}", f"model.lam_ckpt={lam}", f"trainer.max_steps={steps}",
-        "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "model.optim.warmup_steps=1",
-        "evaluate=false", "data.batch_size=4", *DATA, *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "PJRT_DEVICE": "CPU", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with (run / "logs" / "metrics.csv").open() as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    return losses, json.loads((run / "metrics.json").read_text()), run / "checkpoints" / "last.ckpt"
+XLA = ["trainer=xla", "data.batch_size=4", "trainer.limit_val_batches=0"]  # (no mid-run generation: compiles)
+PJRT_CPU = {"PJRT_DEVICE": "CPU"}
 
 
 def test_tiny_dynamics_trains_resumes_and_saves_full_checkpoints_under_xla_fsdp(tmp_path: Path) -> None:
-    losses, metrics, ckpt = xla_fit(tmp_path, "xla", 6)
+    losses, metrics = fit(tmp_path, "xla", *XLA, env=PJRT_CPU)
+    ckpt = tmp_path / "xla" / "checkpoints" / "last.ckpt"
     assert metrics["global_step"] == 6 and len(losses) == 6
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-2:]) < sum(losses[:2]), losses
@@ -73,7 +58,7 @@ def test_tiny_dynamics_trains_resumes_and_saves_full_checkpoints_under_xla_fsdp(
     assert all(tuple(m.shape) in shapes for m in moments)
 
     # A second run resumes from it (weights before wrapping, optimizer state sliced back into shards).
-    more, metrics2, _ = xla_fit(tmp_path, "resumed", 8, f"ckpt_path={ckpt}")
+    more, metrics2 = fit(tmp_path, "resumed", *XLA, "trainer.max_steps=8", f"ckpt_path={ckpt}", env=PJRT_CPU)
     assert metrics2["global_step"] == 8 and len(more) == 2
     assert all(torch.isfinite(torch.tensor(more)))
     assert max(more) < losses[0]
@@ -85,8 +70,7 @@ def test_xla_fsdp_refuses_a_stage_that_writes_its_codebook_in_place(tmp_path: Pa
         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}",
         "callbacks.rich_progress_bar=null", *DATA,
     ]  # fmt: skip
-    env = {**os.environ, "PJRT_DEVICE": "CPU"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **PJRT_CPU})
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
     assert "would lose the in-place codebook updates of model.quantizer" in last
