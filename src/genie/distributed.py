@@ -8,7 +8,7 @@
   device; ``PJRT_DEVICE=CPU`` in ``make test-xla``) through torch-xla's ``XlaFullyShardedDataParallel`` on
   Lightning's XLA strategy: fp32 master weights and optimizer state, sharded; bf16 compute
   (``compute_dtype="bf16"``); checkpoints hold ordinary full-shape weights and optimizer state, so they load
-  in one process, on GPUs, or on a pod of another size.
+  in one process or on GPUs, and their layout does not depend on the device count.
 - :class:`ScalePolicies` — a callback that, before the strategy wraps the model, turns on activation
   checkpointing in every ST stack (each block's activations are recomputed in backward: the one
   checkpointing mechanism, ``STConfig.checkpoint_activations``) and optionally compiles each block with
@@ -199,8 +199,8 @@ class GenieXLAFSDPStrategy(XLAStrategy):
     - FSDP reduce-scatters the gradients itself: the precision plugin's extra all-reduce is switched off, and
       gradient clipping by norm uses FSDP's norm over all shards.
     - Checkpoints hold the full-shape weights (names as in the unwrapped module) and full-shape optimizer
-      state, gathered from the shards; loading slices this process's shard back out. So an XLA run resumes on
-      a different device count, and its checkpoints load anywhere.
+      state, gathered from the shards; loading slices this process's shard back out. So its checkpoints load
+      anywhere, and resuming on a different device count is possible by design (tested on one device only).
     - One device is allowed (``PJRT_DEVICE=CPU``: the same code path with a world of one).
     - After fitting, the module is unwrapped in place (full weights back as ordinary parameters), so that the
       same module can be validated, saved or wrapped again.
