@@ -104,7 +104,7 @@ def test_copy_head_mixes_in_shifted_previous_tokens() -> None:
         -1, prev[:, :, small.copy_index], copy[..., :9].softmax(-1) * (1 - gate)
     )
     weights = torch.randn(2, 3, 12, 4)
-    got, want = small._mix_copies(logits, copy, prev), dense.log()
+    got, want = small._mix_copies(logits, copy, prev[:, :, small.copy_index]), dense.log()
     torch.testing.assert_close(got, want)
     for g1, g2 in zip(
         torch.autograd.grad((got * weights).sum(), (logits, copy)),
@@ -209,7 +209,7 @@ def test_sampler_draws_from_the_tempered_softmax(temperature: float) -> None:
     logits_V = torch.tensor([0.0, 1.0, 2.0, 3.0, -math.inf])
     n = 20000
     ids = maskgit_fill(
-        lambda ids_BS: logits_V.expand(*ids_BS.shape, 5),
+        lambda ids_BS, pos_BM: logits_V.expand(*pos_BM.shape, 5),
         n,
         1,
         5,

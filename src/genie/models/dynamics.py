@@ -186,10 +186,15 @@ class DynamicsModel(nn.Module):
         cache: KVCache | None = None,
         write_cache: bool = False,
         prev_ids_BTS: Tensor | None = None,
+        positions_BM: Tensor | None = None,
     ) -> Tensor:
         """Low-level forward: token ids (``mask_id`` where masked) and each frame's conditioning action id
         (``num_actions`` = "no action yet"), as :meth:`frame_actions` builds them. ``prev_ids_BTS``: each
-        frame's previous frame (the copy head's source; without it the copy head is left out)."""
+        frame's previous frame (the copy head's source; without it the copy head is left out).
+
+        Returns ``logits_BTSV``; with ``positions_BM`` only the last frame's logits at those token positions,
+        ``logits_BMV`` (the output head and copy mixture then run on those tokens alone: MaskGIT sampling
+        needs the still-masked ones only)."""
         x_BTSD = self.token_embed(ids_BTS)
         act_BTD = self.action_embed(frame_actions_BT)
         if self.cfg.action_mode == "add":
@@ -199,31 +204,42 @@ class DynamicsModel(nn.Module):
         x_BTSD = self.transformer(
             x_BTSD, self.cfg.hw, cache=cache, write_cache=write_cache, prefix=self.prefix
         )[:, :, self.prefix :]
-        logits_BTSV = self.head(x_BTSD)
-        if self.copy_head is None or prev_ids_BTS is None:
-            return logits_BTSV
-        return self._mix_copies(logits_BTSV, self.copy_head(x_BTSD), prev_ids_BTS)
+        copy = self.copy_head is not None and prev_ids_BTS is not None
+        if positions_BM is not None:
+            b, m = positions_BM.shape
+            x_BMD = x_BTSD[:, -1].gather(1, positions_BM[..., None].expand(-1, -1, x_BTSD.shape[-1]))
+            if not copy:
+                return self.head(x_BMD)
+            assert self.copy_head is not None and prev_ids_BTS is not None
+            index_BMK = self.copy_index[positions_BM]  # type: ignore[index]
+            src_BMK = prev_ids_BTS[:, -1].gather(1, index_BMK.reshape(b, -1)).reshape(b, m, -1)
+            return self._mix_copies(self.head(x_BMD), self.copy_head(x_BMD), src_BMK)
+        if not copy:
+            return self.head(x_BTSD)
+        assert self.copy_head is not None and prev_ids_BTS is not None
+        src_BTSK = prev_ids_BTS[:, :, self.copy_index]  # type: ignore[index]
+        return self._mix_copies(self.head(x_BTSD), self.copy_head(x_BTSD), src_BTSK)
 
-    def _mix_copies(self, logits_BTSV: Tensor, copy_BTSK: Tensor, prev_ids_BTS: Tensor) -> Tensor:
-        """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(prev[s + offset_k]) ), in fp32.
+    def _mix_copies(self, logits_NV: Tensor, copy_NK1: Tensor, src_NK: Tensor) -> Tensor:
+        """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(src_k) ), in fp32, over any leading axes ``N``:
+        ``copy_NK1`` holds the K offset logits then the gate logit, ``src_NK`` the ids the offsets point at.
 
         Dense work is one log-softmax: the copy mass touches only the K source ids of each token, so it is
         added there (summed over offsets that point at the same id) and written back."""
         k = self.cfg.copy_offsets
-        copy_BTSK = copy_BTSK.float()
-        gate_logit_BTS1 = copy_BTSK[..., k:]
-        weights_BTSK = copy_BTSK[..., :k].softmax(-1) * torch.sigmoid(-gate_logit_BTS1)  # (1 - g)·w_k
-        src_BTSK = prev_ids_BTS[:, :, self.copy_index]  # type: ignore[index]
-        logp_BTSV = logits_BTSV.float().log_softmax(-1) + F.logsigmoid(gate_logit_BTS1)  # log g·p_gen
-        same_BTSKK = src_BTSK[..., :, None] == src_BTSK[..., None, :]
-        mass_BTSK = (same_BTSKK * weights_BTSK[..., None, :]).sum(-1)  # copy mass landing on id src_k
-        at_src_BTSK = _logaddexp(logp_BTSV.gather(-1, src_BTSK), mass_BTSK.clamp_min(1e-30).log())
+        copy_NK1 = copy_NK1.float()
+        gate_logit_N1 = copy_NK1[..., k:]
+        weights_NK = copy_NK1[..., :k].softmax(-1) * torch.sigmoid(-gate_logit_N1)  # (1 - g)·w_k
+        logp_NV = logits_NV.float().log_softmax(-1) + F.logsigmoid(gate_logit_N1)  # log g·p_gen
+        same_NKK = src_NK[..., :, None] == src_NK[..., None, :]
+        mass_NK = (same_NKK * weights_NK[..., None, :]).sum(-1)  # copy mass landing on id src_k
+        at_src_NK = _logaddexp(logp_NV.gather(-1, src_NK), mass_NK.clamp_min(1e-30).log())
         # offsets naming an id already named by an earlier one write the same value, detached: the gradient
         # of each output reaches it once (scatter's backward hands it to every writer)
-        earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_BTSK.device).tril(-1)
-        repeat_BTSK = (same_BTSKK & earlier_KK).any(-1)
-        at_src_BTSK = torch.where(repeat_BTSK, at_src_BTSK.detach(), at_src_BTSK)
-        return logp_BTSV.scatter(-1, src_BTSK, at_src_BTSK)
+        earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_NK.device).tril(-1)
+        repeat_NK = (same_NKK & earlier_KK).any(-1)
+        at_src_NK = torch.where(repeat_NK, at_src_NK.detach(), at_src_NK)
+        return logp_NV.scatter(-1, src_NK, at_src_NK)
 
     def random_mask(self, b: int, t: int, generator: torch.Generator | None = None) -> Tensor:
         """MaskGIT training mask ``mask_BTS``: per example a rate ~ U(lo, hi) over frames 2..T; frame 1 never.
@@ -343,7 +359,7 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: 
 
 @torch.no_grad()
 def maskgit_fill(
-    predict: Callable[[Tensor], Tensor],
+    predict: Callable[[Tensor, Tensor], Tensor],
     batch: int,
     num_tokens: int,
     mask_id: int,
@@ -352,30 +368,36 @@ def maskgit_fill(
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
 ) -> Tensor:
-    """Fill one frame of ``num_tokens`` tokens from all-masked with MaskGIT; ``predict(ids_BS) -> logits_BSV``."""
+    """Fill one frame of ``num_tokens`` tokens from all-masked with MaskGIT.
+
+    ``predict(ids_BS, positions_BM) -> logits_BMV`` gives the logits of the still-masked positions
+    ``positions_BM`` (every row has the same number of them, in increasing order) given the frame ``ids_BS``.
+    """
     device = device or torch.device("cpu")
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
-    masked = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    pos = torch.arange(num_tokens, device=device).expand(batch, -1)  # (B, M): the masked positions
     for n_left in maskgit_schedule(num_tokens, steps):
-        logits = predict(ids)
-        # Only the still-masked positions are sampled (every row has the same number of them).
-        pos = masked.nonzero()[:, 1].reshape(batch, -1)  # (B, M) indices of the masked tokens
-        sub = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1])).float()  # (B, M, V)
+        sub = predict(ids, pos).float()  # (B, M, V)
+        logp = None
+        if temperature == 1.0:  # one normaliser serves the draw and the confidence
+            logp = sub.log_softmax(-1)
         if temperature > 0:  # a categorical draw from softmax(logits / temperature) by inverting its CDF:
             # one uniform per token (Gumbel-max would need one per token and code, and two logs of each)
-            cdf = (sub if temperature == 1.0 else sub / temperature).softmax(-1).cumsum_(-1)
+            cdf = (logp.exp() if logp is not None else (sub / temperature).softmax(-1)).cumsum_(-1)
             u = _uniform((batch, sub.shape[1], 1), generator, device)
             pick = torch.searchsorted(cdf, u, right=True)[..., 0].clamp_(max=sub.shape[-1] - 1)
         else:
             pick = sub.argmax(-1)
-        conf_m = sub.gather(-1, pick[..., None])[..., 0] - sub.logsumexp(-1)  # log p(pick), untempered
-        sampled = ids.scatter(1, pos, pick)
-        conf = torch.full(ids.shape, torch.inf, device=device).scatter(1, pos, conf_m)
-        remask = torch.zeros_like(masked)
-        if n_left > 0:
-            remask.scatter_(1, conf.argsort(dim=1)[:, :n_left], True)
-        ids = sampled.masked_fill(remask, mask_id)
-        masked = remask
+        ids = ids.scatter(1, pos, pick)
+        if n_left == 0:
+            break
+        # re-mask the n_left draws the model is least sure of: log p(pick), untempered
+        if logp is not None:
+            conf_m = logp.gather(-1, pick[..., None])[..., 0]
+        else:
+            conf_m = sub.gather(-1, pick[..., None])[..., 0] - sub.logsumexp(-1)
+        pos = pos.gather(1, conf_m.topk(n_left, dim=1, largest=False).indices).sort(dim=1).values
+        ids = ids.scatter(1, pos, mask_id)
     return ids
 
 
@@ -454,17 +476,19 @@ class Rollout:
             cache = self.cache
             act_B1 = actions_B[:, None]
 
-            def predict(ids_BS: Tensor) -> Tensor:
-                return model.forward_ids(ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S)[:, 0]
+            def predict(ids_BS: Tensor, pos_BM: Tensor) -> Tensor:
+                return model.forward_ids(
+                    ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S, positions_BM=pos_BM
+                )
 
         else:
             past_ids, past_acts = self._window()
             acts = torch.cat((past_acts, actions_B[:, None]), 1)
             prev = torch.cat((past_ids[:, :1], past_ids), 1)  # only the new (last) frame's output is used
 
-            def predict(ids_BS: Tensor) -> Tensor:
+            def predict(ids_BS: Tensor, pos_BM: Tensor) -> Tensor:
                 ids = torch.cat((past_ids, ids_BS[:, None]), 1)
-                return model.forward_ids(ids, acts, prev_ids_BTS=prev)[:, -1]
+                return model.forward_ids(ids, acts, prev_ids_BTS=prev, positions_BM=pos_BM)
 
         new = maskgit_fill(
             predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
