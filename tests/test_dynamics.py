@@ -277,3 +277,19 @@ def test_rollout_slides_past_the_window() -> None:
 def test_multi_frame_prompt_needs_actions() -> None:
     with pytest.raises(ValueError, match="needs the 2 actions"):
         tiny().generate(torch.randint(0, 32, (1, 3, 3, 4)), torch.zeros(1, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", list(MODELS))
+def test_logits_at_positions_equal_the_full_last_frame(variant: str) -> None:
+    # MaskGIT sampling asks for the still-masked tokens of the last frame only
+    torch.manual_seed(0)
+    model = MODELS[variant]()
+    clean = torch.randint(0, 32, (2, 3, 12))
+    ids = clean.masked_fill(torch.rand(2, 3, 12) < 0.5, model.mask_id)
+    acts = model.frame_actions(torch.randint(0, 4, (2, 2)), 2, 3)
+    prev = torch.cat((clean[:, :1], clean[:, :-1]), 1)
+    pos = torch.stack((torch.tensor([0, 3, 4, 11]), torch.tensor([1, 2, 7, 10])))
+    full = model.forward_ids(ids, acts, prev_ids_BTS=prev)[:, -1]
+    want = full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1]))
+    got = model.forward_ids(ids, acts, prev_ids_BTS=prev, positions_BM=pos)
+    torch.testing.assert_close(got, want)
