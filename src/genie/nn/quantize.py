@@ -40,6 +40,10 @@ class VectorQuantizer(nn.Module):
     - ``dead_code_steps``: a code unused for that many consecutive training steps is replaced by a random
       input vector of the batch (0 disables restarts). Under ``torch.distributed`` the replacements are
       broadcast from rank 0 and usage is summed over ranks, so all replicas keep one codebook.
+    - ``restart``: how those input vectors are drawn: ``"uniform"`` (any vector alike) or ``"error"``
+      (in proportion to each vector's squared distance to its code: new codes go where the codebook
+      represents the data worst, e.g. the rare edges of a mostly flat image, not onto another copy of the
+      commonest vector).
     """
 
     unused_steps: Tensor
@@ -58,10 +62,14 @@ class VectorQuantizer(nn.Module):
         dead_code_steps: int = 50,
         init_from_data: bool = True,
         eps: float = 1e-5,
+        restart: str = "uniform",
     ) -> None:
         super().__init__()
         if num_codes < 1 or code_dim < 1:
             raise ValueError(f"num_codes and code_dim must be positive, got {num_codes} and {code_dim}")
+        if restart not in ("uniform", "error"):
+            raise ValueError(f"restart must be 'uniform' or 'error', got {restart!r}")
+        self.restart = restart
         self.num_codes = num_codes
         self.code_dim = code_dim
         self.beta = beta
@@ -125,7 +133,8 @@ class VectorQuantizer(nn.Module):
             perplexity = torch.exp(-(probs_K * torch.log(probs_K + 1e-10)).sum())
             usage = (counts_K > 0).float().mean()
             if self.training and self.dead_code_steps > 0:
-                self._restart_dead_codes(z_ND.detach(), counts_K)
+                err_N = (z_ND - q_ND).detach().pow(2).sum(-1) if self.restart == "error" else None
+                self._restart_dead_codes(z_ND.detach(), counts_K, err_N)
 
             # Straight-through estimator: forward uses the code, backward passes the gradient to z.
             z_q = z_ND + (q_ND - z_ND).detach()
@@ -176,7 +185,7 @@ class VectorQuantizer(nn.Module):
         self.codebook.data.copy_(self.ema_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _restart_dead_codes(self, z_ND: Tensor, counts_K: Tensor) -> None:
+    def _restart_dead_codes(self, z_ND: Tensor, counts_K: Tensor, err_N: Tensor | None = None) -> None:
         counts_K = counts_K.clone()
         if _distributed():
             dist.all_reduce(counts_K)
@@ -186,7 +195,10 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead_K.sum())
         if n_dead == 0:
             return
-        pick = torch.randint(0, z_ND.shape[0], (n_dead,), device=z_ND.device)
+        if err_N is not None and bool(err_N.sum() > 0):  # in proportion to the quantisation error
+            pick = torch.multinomial(err_N, n_dead, replacement=n_dead > int((err_N > 0).sum()))
+        else:
+            pick = torch.randint(0, z_ND.shape[0], (n_dead,), device=z_ND.device)
         self._set_codes(dead_K, z_ND[pick] + 1e-3 * torch.randn(n_dead, self.code_dim, device=z_ND.device))
 
 
