@@ -180,6 +180,9 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     assert 0 < result["tokenizer_train_step"]["fraction_of_matmul"] < 1.5
     assert all(r["full_over_st"] > 0 for r in result["st_vs_full_attention"])
     assert all(r["st_over_full_memory_math"] > 0 for r in result["st_vs_full_attention"])
+    paper = result["st_vs_full_attention_paper_grid"]  # counted on the meta device: exact, not noisy
+    assert [r["T"] for r in paper] == [4, 8, 16] and paper[-1]["st_over_full_memory"] < 0.2
+    assert paper[0]["st_over_full_memory"] > paper[1]["st_over_full_memory"] > paper[2]["st_over_full_memory"]
     assert 0 < result["dynamics_train_step"]["fraction_of_matmul"] < 1.5
     assert result["play"]["cached_fps"] > 0 and result["play"]["cache_speedup"] > 0
     assert result["data"]["stream_clips_per_s"] > 0
