@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from genie.lightning import TokenizerModule
-from genie.lightning.common import OptimConfig, as_dataclass, lr_factor
+from genie.lightning.common import OptimConfig, as_dataclass, build_optimizer, lr_factor
 
 TINY_DATA = [
     "data.synthetic.train_clips=24",
@@ -141,6 +141,20 @@ def test_lr_schedule() -> None:
     assert lr_factor(5, cos) == pytest.approx(1.0)
     assert lr_factor(55, cos) == pytest.approx((1 + 0.1) / 2)
     assert lr_factor(105, cos) == pytest.approx(0.1) and lr_factor(500, cos) == pytest.approx(0.1)
+
+
+def test_optimizer_is_fused_where_torch_has_the_kernel() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, OptimConfig())["optimizer"]
+    assert opt.defaults["fused"] is True  # CPU (and CUDA): one fused AdamW kernel
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # decay on the matrix only
+    x = torch.randn(2, 4)
+    model(x).square().mean().backward()
+    opt.step()  # runs
+    assert build_optimizer(model, OptimConfig(fused=False))["optimizer"].defaults["fused"] is False
+    with torch.device("meta"):  # a device without the kernel (as XLA): the multi-tensor AdamW
+        meta = torch.nn.Linear(4, 4)
+    assert not build_optimizer(meta, OptimConfig())["optimizer"].defaults["fused"]
 
 
 def test_unknown_option_is_named() -> None:

@@ -66,7 +66,7 @@ def tokenizer_step(quick: bool) -> dict[str, float]:
     st = {"dim": 128, "depth": 1, "num_heads": 4}
     cfg = TokenizerConfig(image_size=(64, 64), patch=4, num_codes=1024, code_dim=32, encoder=st, decoder=st)
     model = VideoTokenizer(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as genie.lightning builds it
     video = torch.rand(8 if quick else 16, 2, 3, 64, 64)
 
     def step() -> None:
@@ -100,7 +100,7 @@ def dynamics_step(quick: bool) -> dict[str, float]:
         num_codes=1024, grid=(8, 8), num_actions=8, transformer={"dim": d, "depth": 2, "num_heads": 8}
     )
     model = DynamicsModel(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as genie.lightning builds it
     b, t = (2, 4) if quick else (4, 8)
     tokens = torch.randint(0, 1024, (b, t, 8, 8))
     actions = torch.randint(0, 8, (b, t - 1))

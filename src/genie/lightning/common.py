@@ -26,6 +26,9 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr: float = 0.0  # cosine end point
     total_steps: int = 300_000  # cosine length
+    # one fused AdamW kernel (3-5x faster than the multi-tensor one on CPU); None: where all parameters are
+    # on CPU or CUDA (torch's fused AdamW runs nowhere else, e.g. not on XLA)
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
@@ -88,7 +91,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> dict[str, Any]:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
+    fused = cfg.fused
+    if fused is None:
+        fused = bool(decay or no_decay) and all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
