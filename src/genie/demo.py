@@ -29,10 +29,10 @@ FAST_DATA = [  # DEMO_FAST: a small dataset shared by every stage
 STAGES: dict[str, tuple[str, list[str], list[str]]] = {
     "tokenizer": (
         "tokenizer_tiny",
-        [  # 500 of the experiment's 1050 steps: the demo's 15-minute budget
-            "trainer.max_steps=500",
-            "trainer.val_check_interval=500",
-            "callbacks.model_checkpoint.every_n_train_steps=250",
+        [  # 550 of the experiment's 1050 steps: the demo's 15-minute budget
+            "trainer.max_steps=550",
+            "trainer.val_check_interval=550",
+            "callbacks.model_checkpoint.every_n_train_steps=275",
         ],
         ["trainer.max_steps=30", "trainer.val_check_interval=30"],
     ),
@@ -54,7 +54,7 @@ STAGES: dict[str, tuple[str, list[str], list[str]]] = {
             "trainer.val_check_interval=90",
             "model.optim.warmup_steps=20",  # the experiment's 100 would outlast the demo's run
             "callbacks.model_checkpoint.every_n_train_steps=45",
-            "model.eval_batches=1",  # genie.evaluate rolls out the held-out clips afterwards
+            "model.eval_batches=0",  # no rollouts in the stage's own pass: genie.evaluate rolls out afterwards
         ],
         ["trainer.max_steps=20", "trainer.val_check_interval=20", "model.sampling.steps=4"],
     ),
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         f"[demo] each latent action from the same prompt (one row per action): {media['gif']} (.mp4, _strip.png)"
     )
     print(f"[demo] the world being played (rows: real clip | inferred latent actions | random ones): {gif}")
-    print(f"[demo] training media (reconstructions, rollouts): {out_root}/*/logs/media/")
+    print(f"[demo] training media (tokenizer reconstructions, LAM predictions): {out_root}/*/logs/media/")
     print("[demo] play it yourself, then open http://127.0.0.1:7860/ :")
     print(f"       python -m genie.play checkpoint={ckpt} 'shards={shards}'")
     return 0
