@@ -205,20 +205,23 @@ class DynamicsModel(nn.Module):
             x_BTSD, self.cfg.hw, cache=cache, write_cache=write_cache, prefix=self.prefix
         )[:, :, self.prefix :]
         copy = self.copy_head is not None and prev_ids_BTS is not None
+        src: Tensor | None = None  # the ids each token's copy offsets point at
         if positions_BM is not None:
             b, m = positions_BM.shape
-            x_BMD = x_BTSD[:, -1].gather(1, positions_BM[..., None].expand(-1, -1, x_BTSD.shape[-1]))
-            if not copy:
-                return self.head(x_BMD)
-            assert self.copy_head is not None and prev_ids_BTS is not None
-            index_BMK = self.copy_index[positions_BM]  # type: ignore[index]
-            src_BMK = prev_ids_BTS[:, -1].gather(1, index_BMK.reshape(b, -1)).reshape(b, m, -1)
-            return self._mix_copies(self.head(x_BMD), self.copy_head(x_BMD), src_BMK)
-        if not copy:
-            return self.head(x_BTSD)
-        assert self.copy_head is not None and prev_ids_BTS is not None
-        src_BTSK = prev_ids_BTS[:, :, self.copy_index]  # type: ignore[index]
-        return self._mix_copies(self.head(x_BTSD), self.copy_head(x_BTSD), src_BTSK)
+            x = x_BTSD[:, -1].gather(1, positions_BM[..., None].expand(-1, -1, x_BTSD.shape[-1]))  # BMD
+            if copy:
+                assert prev_ids_BTS is not None
+                index_BMK = self.copy_index[positions_BM]  # type: ignore[index]
+                src = prev_ids_BTS[:, -1].gather(1, index_BMK.reshape(b, -1)).reshape(b, m, -1)
+        else:
+            x = x_BTSD
+            if copy:
+                assert prev_ids_BTS is not None
+                src = prev_ids_BTS[:, :, self.copy_index]  # type: ignore[index]
+        logits = self.head(x)
+        if src is None or self.copy_head is None:
+            return logits
+        return self._mix_copies(logits, self.copy_head(x), src)
 
     def _mix_copies(self, logits_NV: Tensor, copy_NK1: Tensor, src_NK: Tensor) -> Tensor:
         """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(src_k) ), in fp32, over any leading axes ``N``:
