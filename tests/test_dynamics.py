@@ -15,6 +15,7 @@ from genie.models.dynamics import (
     SamplingConfig,
     maskgit_fill,
     maskgit_schedule,
+    masked_cross_entropy,
 )
 from genie.nn import KVCache, STConfig
 
@@ -293,3 +294,21 @@ def test_logits_at_positions_equal_the_full_last_frame(variant: str) -> None:
     want = full.gather(1, pos[..., None].expand(-1, -1, full.shape[-1]))
     got = model.forward_ids(ids, acts, prev_ids_BTS=prev, positions_BM=pos)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("variant", list(MODELS))
+def test_loss_on_the_masked_tokens_equals_the_static_shape_loss(variant: str) -> None:
+    # training runs the head on the masked tokens only; XLA scores every token weighted by the mask
+    torch.manual_seed(0)
+    model = MODELS[variant]().train()
+    tokens, actions = torch.randint(0, 32, (2, 4, 3, 4)), torch.randint(0, 4, (2, 3))
+    m = model.random_mask(2, 4)
+    torch.testing.assert_close(model(tokens, actions, m, select_BTS=m), model(tokens, actions, m)[m])
+    loss, acc, mask = model.loss(tokens, actions, torch.Generator().manual_seed(1))
+    logits = model(tokens, actions, mask)
+    targets = tokens.flatten(2)
+    torch.testing.assert_close(loss, masked_cross_entropy(logits, targets, mask))
+    want_acc = ((logits.argmax(-1) == targets) & mask).sum() / mask.sum()
+    torch.testing.assert_close(acc, want_acc.float())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())

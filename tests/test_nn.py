@@ -79,10 +79,10 @@ def test_st_spatial_attention_stays_within_frame() -> None:
     block = STBlock(STConfig(dim=16, depth=1, num_heads=2))
     x = torch.randn(1, 3, 4, 16)
     h = block.norm_spatial(x).reshape(3, 4, 16)
-    out, _ = block.spatial(h)
+    out = block.spatial(h)
     h2 = h.clone()
     h2[1] += 1.0
-    out2, _ = block.spatial(h2)
+    out2 = block.spatial(h2)
     assert torch.equal(out[[0, 2]], out2[[0, 2]])
 
 
@@ -94,8 +94,14 @@ def reference_attention(attn: Attention, x: torch.Tensor, causal: bool, rope: tu
     if attn.q_scale is not None:
         q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + attn.norm_eps) * attn.q_scale
         kk = kk * torch.rsqrt(kk.pow(2).mean(-1, keepdim=True) + attn.norm_eps) * attn.k_scale
-    if rope is not None:
-        q, kk = apply_rope(q, *rope), apply_rope(kk, *rope)
+    if rope is not None:  # channel i pairs with i + k/2, rotated by the angle whose cos/sin the tables hold
+        cos, sin = rope[0][:, : k // 2], rope[1][:, k // 2 :]
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            t1, t2 = t.chunk(2, dim=-1)
+            return torch.cat((t1 * cos - t2 * sin, t2 * cos + t1 * sin), dim=-1)
+
+        q, kk = rotate(q), rotate(kk)
     scores = q @ kk.transpose(-1, -2) / math.sqrt(k)
     if causal:
         scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
@@ -109,9 +115,13 @@ def reference_attention(attn: Attention, x: torch.Tensor, causal: bool, rope: tu
 def test_sdpa_matches_explicit_softmax(qk_norm: bool, causal: bool, use_rope: bool) -> None:
     torch.manual_seed(0)
     attn = Attention(dim=24, num_heads=3, head_dim=10, qk_norm=qk_norm)  # heads·head_dim ≠ dim on purpose
+    if attn.q_scale is not None and attn.k_scale is not None:  # learnt scales differ per channel and q/k
+        with torch.no_grad():
+            attn.q_scale.uniform_(0.5, 1.5)
+            attn.k_scale.uniform_(0.5, 1.5)
     x = torch.randn(2, 7, 24)
     rope = rope_frequencies(torch.arange(7)[:, None], 10) if use_rope else None
-    out, _ = attn(x, causal=causal, rope=rope)
+    out = attn(x, causal=causal, rope=rope)
     ref = reference_attention(attn, x, causal, rope)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -120,10 +130,14 @@ def test_attention_cache_matches_full_causal() -> None:
     torch.manual_seed(0)
     attn = Attention(dim=16, num_heads=2)
     x = torch.randn(3, 6, 16)
-    full, _ = attn(x, causal=True)
-    _, past = attn(x[:, :4], causal=True)
-    tail, _ = attn(x[:, 4:], causal=True, past_kv=past)
+    full = attn(x, causal=True)
+    cache = KVCache()
+    attn(x[:, :4], causal=True, cache=cache.layer(0), frames=4)
+    cache.advance(4)
+    tail = attn(x[:, 4:], causal=True, cache=cache.layer(0), frames=2)  # two queries: causal between them
     torch.testing.assert_close(tail, full[:, 4:], rtol=1e-5, atol=1e-6)
+    tail5 = attn(x[:, 4:5], causal=True, cache=cache.layer(0))  # not committed: overwrites the slot
+    torch.testing.assert_close(tail5, full[:, 4:5], rtol=1e-5, atol=1e-6)
 
 
 def test_rope_scores_depend_only_on_relative_position() -> None:
@@ -155,12 +169,20 @@ def test_kv_cache_matches_uncached(mode: str, pos: str) -> None:
 
 
 def test_kv_cache_window_keeps_last_frames() -> None:
+    torch.manual_seed(0)
     model = tiny("st")
-    cache = KVCache(max_frames=3)
-    for _ in range(5):
-        model(torch.randn(1, 1, 12, 32), (3, 4), cache=cache, write_cache=True)
-    assert cache.frames == 3 and cache.position == 5
-    assert all(k.shape[2] == 3 for k, _ in cache.layers)
+    cache, unbounded = KVCache(max_frames=3), KVCache()
+    x = torch.randn(1, 6, 12, 32)
+    model(x[:, :2], (3, 4), cache=cache, write_cache=True)
+    model(x[:, :2], (3, 4), cache=unbounded, write_cache=True)
+    for i in range(2, 6):
+        model(x[:, i : i + 1], (3, 4), cache=cache, write_cache=True)
+        model(x[:, i : i + 1], (3, 4), cache=unbounded, write_cache=True)
+    assert cache.frames == 3 and cache.position == 6 and unbounded.frames == 6
+    assert all(k.shape[:3] == v.shape[:3] == (12, 4, 3) for k, v in cache.layers)  # (b s) h t k
+    # the first block's temporal keys depend on their own frame only: the window holds frames 4..6
+    for kept, full in zip(cache.layers[0], unbounded.layers[0], strict=True):
+        torch.testing.assert_close(kept, full[:, :, 3:])
 
 
 def test_block_causal_mask() -> None:

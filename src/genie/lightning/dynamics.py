@@ -38,13 +38,6 @@ from genie.models.lam import LAMConfig, LatentActionModel
 ActionSource = Literal["lam", "true", "cotrain"]
 
 
-def masked_accuracy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Tensor) -> Tensor:
-    """Share of masked positions whose most likely code is the true one (0 when nothing is masked); in static
-    shapes (no boolean indexing), so that it compiles once on XLA."""
-    hits = ((logits_BTSV.argmax(-1) == targets_BTS) & mask_BTS).sum()
-    return hits.float() / mask_BTS.sum().clamp_min(1).float()
-
-
 class DynamicsModule(L.LightningModule):
     """MaskGIT objective on tokenizer tokens; logs token accuracy, and at validation generated rollouts:
     PSNR vs the real clip at frame t = ``eval_t`` (1-based; frame 1 is the prompt) with inferred (or true) actions and with random ones,
@@ -186,8 +179,7 @@ class DynamicsModule(L.LightningModule):
             logs.update({"train/lam_loss": lam_loss, "train/action_usage": lam_out.vq.usage})
         else:
             actions = self._actions(video, batch, start, stop)
-        loss, logits, mask = self.model.loss(tokens, actions)
-        acc = masked_accuracy(logits, tokens.flatten(2), mask)
+        loss, acc, _ = self.model.loss(tokens, actions)
         total = loss + self.lam_loss_weight * lam_loss
         n = video.shape[0]
         self.log_dict({"train/loss": loss, "train/token_acc": acc, **logs}, batch_size=n)
@@ -202,10 +194,10 @@ class DynamicsModule(L.LightningModule):
         if self.actions != "true" and "actions" in batch and (batch["actions"] >= 0).any():
             self.val_nmi.update(actions, batch["actions"])
         gen = seeded_generator(video.device, 1000 + batch_idx)
-        loss, logits, mask = self.model.loss(tokens, actions, gen)
+        loss, acc, mask = self.model.loss(tokens, actions, gen)
         self.val_loss.update(loss)
         if mask.any():
-            self.val_acc.update(masked_accuracy(logits, tokens.flatten(2), mask))
+            self.val_acc.update(acc)
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=b)
         self.log("val/token_acc", self.val_acc, batch_size=b)
         if self.eval_batches is None or batch_idx < self.eval_batches:

@@ -156,6 +156,7 @@ class DynamicsModel(nn.Module):
         cache: KVCache | None = None,
         write_cache: bool = False,
         prev_tokens_BHW: Tensor | None = None,
+        select_BTS: Tensor | None = None,
     ) -> Tensor:
         """Logits of every token given the (masked) clip. With a copy head they are log-probabilities; the
         copy source of frame t is frame t-1 as given (unmasked), i.e. the past as it is at generation time.
@@ -176,7 +177,12 @@ class DynamicsModel(nn.Module):
             first = prev_tokens_BHW.reshape(b, 1, h * w) if t0 > 0 else clean_BTS[:, :1]  # type: ignore[union-attr]
             prev_BTS = torch.cat((first, clean_BTS[:, :-1]), 1)
         return self.forward_ids(
-            ids_BTS, self.frame_actions(actions_BT1, b, t, t0), cache, write_cache, prev_BTS
+            ids_BTS,
+            self.frame_actions(actions_BT1, b, t, t0),
+            cache,
+            write_cache,
+            prev_BTS,
+            select_BTS=select_BTS,
         )
 
     def forward_ids(
@@ -187,14 +193,16 @@ class DynamicsModel(nn.Module):
         write_cache: bool = False,
         prev_ids_BTS: Tensor | None = None,
         positions_BM: Tensor | None = None,
+        select_BTS: Tensor | None = None,
     ) -> Tensor:
         """Low-level forward: token ids (``mask_id`` where masked) and each frame's conditioning action id
         (``num_actions`` = "no action yet"), as :meth:`frame_actions` builds them. ``prev_ids_BTS``: each
         frame's previous frame (the copy head's source; without it the copy head is left out).
 
-        Returns ``logits_BTSV``; with ``positions_BM`` only the last frame's logits at those token positions,
-        ``logits_BMV`` (the output head and copy mixture then run on those tokens alone: MaskGIT sampling
-        needs the still-masked ones only)."""
+        Returns ``logits_BTSV``. The output head and copy mixture can run on some tokens alone: with
+        ``positions_BM`` the last frame's tokens at those positions (``logits_BMV``: MaskGIT sampling needs
+        the still-masked ones only), with ``select_BTS`` the tokens where it is True (``logits_NV`` in
+        row-major order: training scores the masked ones only)."""
         x_BTSD = self.token_embed(ids_BTS)
         act_BTD = self.action_embed(frame_actions_BT)
         if self.cfg.action_mode == "add":
@@ -213,6 +221,11 @@ class DynamicsModel(nn.Module):
                 assert prev_ids_BTS is not None
                 index_BMK = self.copy_index[positions_BM]  # type: ignore[index]
                 src = prev_ids_BTS[:, -1].gather(1, index_BMK.reshape(b, -1)).reshape(b, m, -1)
+        elif select_BTS is not None:
+            x = x_BTSD[select_BTS]  # ND
+            if copy:
+                assert prev_ids_BTS is not None
+                src = prev_ids_BTS[:, :, self.copy_index][select_BTS]  # type: ignore[index]
         else:
             x = x_BTSD
             if copy:
@@ -261,12 +274,25 @@ class DynamicsModel(nn.Module):
     def loss(
         self, tokens_BTHW: Tensor, actions_BT1: Tensor | None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Cross-entropy on masked positions; returns (loss, logits_BTSV, mask_BTS)."""
+        """Cross-entropy on the masked positions; returns (loss, token accuracy there, mask_BTS).
+
+        The output head (and copy mixture) runs on the masked tokens alone - on XLA on every token, weighted
+        by the mask, so that one compiled graph serves every step."""
         b, t = tokens_BTHW.shape[:2]
         mask = self.random_mask(b, t, generator)
-        logits = self(tokens_BTHW, actions_BT1, mask)
         targets = tokens_BTHW.reshape(b, t, -1)
-        return masked_cross_entropy(logits, targets, mask), logits, mask
+        if tokens_BTHW.device.type == "xla":
+            logits = self(tokens_BTHW, actions_BT1, mask)
+            hits = ((logits.argmax(-1) == targets) & mask).sum()
+            acc = hits.float() / mask.sum().clamp_min(1).float()
+            return masked_cross_entropy(logits, targets, mask), acc.detach(), mask
+        logits_NV = self(tokens_BTHW, actions_BT1, mask, select_BTS=mask)
+        targets_N = targets[mask]
+        if targets_N.numel() == 0:  # nothing masked: 0, with a gradient path
+            return logits_NV.sum() * 0, logits_NV.new_zeros(()), mask
+        loss = F.cross_entropy(logits_NV.float(), targets_N)
+        acc = (logits_NV.detach().argmax(-1) == targets_N).float().mean()
+        return loss, acc, mask
 
     @torch.no_grad()
     def generate(
@@ -329,16 +355,11 @@ def maskgit_schedule(num_tokens: int, steps: int) -> list[int]:
 
 
 def masked_cross_entropy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Tensor) -> Tensor:
-    """Mean cross-entropy over the masked positions (0, with a gradient path, when none is masked). On XLA
-    in static shapes - every position, weighted by the mask - so that one compiled graph serves every step;
-    elsewhere on the masked positions only (cheaper)."""
-    if logits_BTSV.device.type == "xla":
-        ce = F.cross_entropy(logits_BTSV.flatten(0, 2).float(), targets_BTS.flatten(), reduction="none")
-        weight = mask_BTS.flatten().to(ce.dtype)
-        return (ce * weight).sum() / weight.sum().clamp_min(1.0)
-    if not mask_BTS.any():
-        return logits_BTSV.sum() * 0
-    return F.cross_entropy(logits_BTSV[mask_BTS].float(), targets_BTS[mask_BTS])
+    """Mean cross-entropy over the masked positions in static shapes - every position, weighted by the mask
+    (0 when none is masked) - so that one compiled graph serves every step on XLA."""
+    ce = F.cross_entropy(logits_BTSV.flatten(0, 2).float(), targets_BTS.flatten(), reduction="none")
+    weight = mask_BTS.flatten().to(ce.dtype)
+    return (ce * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def _logaddexp(a: Tensor, b: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 Importing this package never imports lightning or hydra.
 """
 
-from genie.nn.attention import Attention
+from genie.nn.attention import Attention, KVCache, KVCacheLayer
 from genie.nn.embed import (
     LearnedPositions,
     apply_rope,
@@ -13,12 +13,13 @@ from genie.nn.embed import (
     unpatchify,
 )
 from genie.nn.quantize import QuantizerOutput, VectorQuantizer
-from genie.nn.st_block import MLP, KVCache, STBlock, STConfig, STTransformer, as_st_config, block_causal_mask
+from genie.nn.st_block import MLP, STBlock, STConfig, STTransformer, as_st_config, block_causal_mask
 
 __all__ = [
     "MLP",
     "Attention",
     "KVCache",
+    "KVCacheLayer",
     "LearnedPositions",
     "QuantizerOutput",
     "STBlock",

@@ -13,6 +13,92 @@ Rope = tuple[Tensor, Tensor]
 KV = tuple[Tensor, Tensor]
 
 
+class KVCache:
+    """Keys/values of past frames for every layer's time-mixing attention, so a new frame costs one frame.
+
+    Each layer's keys and values live in one preallocated buffer (``k_BHPK``, P = frames · keys per frame:
+    1 for temporal attention, H·W for full attention). A call writes its frames' keys/values into the slots
+    after the cached ones and attends over the filled part - no copy of the past per call; only
+    :meth:`advance` makes them part of the cache (so MaskGIT can run many passes over the same new frame).
+    ``position`` is the absolute index of the next frame (rotary positions keep counting when the window
+    slides); ``max_frames`` keeps only the most recent frames (the model's memory).
+    """
+
+    def __init__(self, max_frames: int | None = None) -> None:
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1 (or None: unbounded), got {max_frames}")
+        self.max_frames = max_frames
+        self.position = 0
+        self.frames = 0
+        self._keys: list[Tensor] = []
+        self._values: list[Tensor] = []
+        self._per_frame: list[int] = []  # keys per frame of each layer
+
+    @property
+    def layers(self) -> list[KV]:
+        """The cached (k, v) of each layer (views of the buffers)."""
+        return [
+            (k[:, :, : self.frames * u], v[:, :, : self.frames * u])
+            for k, v, u in zip(self._keys, self._values, self._per_frame, strict=True)
+        ]
+
+    def layer(self, index: int) -> KVCacheLayer:
+        return KVCacheLayer(self, index)
+
+    def extend(self, layer: int, k_new: Tensor, v_new: Tensor, frames: int) -> KV:
+        """Write ``frames`` new frames' keys/values of ``layer`` after the cached ones (not yet committed);
+        returns the keys/values to attend over: the cached frames' followed by the new ones."""
+        per_frame = k_new.shape[2] // frames
+        start, stop = self.frames * per_frame, (self.frames + frames) * per_frame
+        if layer > len(self._keys):
+            raise ValueError(f"cache layers are filled in order: got layer {layer} of {len(self._keys)}")
+        if layer == len(self._keys) or self._keys[layer].shape[2] < stop:
+            keep = max(self.max_frames or 0, 2 * self.frames) + frames  # sliding: room for the window + new
+            shape = (*k_new.shape[:2], keep * per_frame, k_new.shape[3])
+            k_buf, v_buf = k_new.new_empty(shape), v_new.new_empty(shape)
+            if layer < len(self._keys):  # grow, keeping what is cached
+                k_buf[:, :, :start] = self._keys[layer][:, :, :start]
+                v_buf[:, :, :start] = self._values[layer][:, :, :start]
+                self._keys[layer], self._values[layer] = k_buf, v_buf
+            else:
+                self._keys.append(k_buf)
+                self._values.append(v_buf)
+                self._per_frame.append(per_frame)
+        k_buf, v_buf = self._keys[layer], self._values[layer]
+        k_buf[:, :, start:stop] = k_new
+        v_buf[:, :, start:stop] = v_new
+        return k_buf[:, :, :stop], v_buf[:, :, :stop]
+
+    def advance(self, frames: int) -> None:
+        """Commit the ``frames`` new frames every layer has just written; past ``max_frames`` the oldest
+        are dropped (one move of the window per commit)."""
+        self.position += frames
+        self.frames += frames
+        if self.max_frames is not None and self.frames > self.max_frames:
+            drop, keep = self.frames - self.max_frames, self.max_frames
+            for k_buf, v_buf, u in zip(self._keys, self._values, self._per_frame, strict=True):
+                k_buf[:, :, : keep * u] = k_buf[:, :, drop * u : (drop + keep) * u].clone()
+                v_buf[:, :, : keep * u] = v_buf[:, :, drop * u : (drop + keep) * u].clone()
+            self.frames = keep
+
+    def reset(self) -> None:
+        self._keys.clear()
+        self._values.clear()
+        self._per_frame.clear()
+        self.position = 0
+        self.frames = 0
+
+
+class KVCacheLayer:
+    """One layer's view of a :class:`KVCache`, handed to that layer's :class:`Attention`."""
+
+    def __init__(self, cache: KVCache, index: int) -> None:
+        self.cache, self.index = cache, index
+
+    def extend(self, k_new: Tensor, v_new: Tensor, frames: int) -> KV:
+        return self.cache.extend(self.index, k_new, v_new, frames)
+
+
 class Attention(nn.Module):
     """Self-attention over the L axis of ``x_BLD``.
 
@@ -54,13 +140,15 @@ class Attention(nn.Module):
         causal: bool = False,
         rope: Rope | None = None,
         mask_LL: Tensor | None = None,
-        past_kv: KV | None = None,
-    ) -> tuple[Tensor, KV]:
-        """Attend; returns the output and this call's (k, v) so a caller can cache them.
+        cache: KVCacheLayer | None = None,
+        frames: int = 1,
+    ) -> Tensor:
+        """Attend over the L axis of ``x_BLD``.
 
         ``rope`` holds tables for the query positions; cached keys were rotated when they were computed.
-        ``past_kv`` are keys/values of earlier positions (each ``k_BHPK``): every query sees all of them,
-        and with ``causal`` the queries also see each other causally. ``mask_LL`` (True = may attend) is for
+        With ``cache`` the queries (``frames`` frames' worth) follow the cached positions: every query sees
+        all of those, and with ``causal`` the queries also see each other causally; this call's keys/values
+        are written to the cache (kept once the caller commits them). ``mask_LL`` (True = may attend) is for
         patterns beyond plain causal, such as block-causal full spatiotemporal attention.
         """
         q_BHLK, k_BHLK, v_BHLK = rearrange(
@@ -73,18 +161,14 @@ class Attention(nn.Module):
         if rope is not None:
             q_BHLK = apply_rope(q_BHLK, *rope)
             k_BHLK = apply_rope(k_BHLK, *rope)
-        new_kv = (k_BHLK, v_BHLK)
-        if past_kv is not None:
-            k_BHLK = torch.cat((past_kv[0], k_BHLK), dim=2)
-            v_BHLK = torch.cat((past_kv[1], v_BHLK), dim=2)
+        if cache is not None:
+            k_BHLK, v_BHLK = cache.extend(k_BHLK, v_BHLK, frames)
         q_len, k_len = q_BHLK.shape[2], k_BHLK.shape[2]
         attn_mask = mask_LL
-        is_causal = causal and attn_mask is None
+        is_causal = causal and attn_mask is None and q_len > 1  # one query sees every key anyway
         if is_causal and k_len != q_len:
             # SDPA's is_causal aligns top-left; with a cache the queries are the *last* q_len positions.
             attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril(k_len - q_len)
-            is_causal = False
-        if is_causal and q_len == 1:
             is_causal = False
         out_BHLK = F.scaled_dot_product_attention(
             q_BHLK,
@@ -94,7 +178,7 @@ class Attention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
         )
-        return self.proj(rearrange(out_BHLK, "b h l k -> b l (h k)")), new_kv
+        return self.proj(rearrange(out_BHLK, "b h l k -> b l (h k)"))
 
     @staticmethod
     def param_formula(dim: int, num_heads: int, head_dim: int, qk_norm: bool) -> int:

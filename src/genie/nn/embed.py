@@ -65,7 +65,9 @@ class LearnedPositions(nn.Module):
 def rope_frequencies(positions_LA: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """Rotary tables for L positions with A axes (1 = time, 2 = rows×cols): returns ``cos_LK, sin_LK``.
 
-    The head dimension is split evenly between the axes; each axis rotates head_dim/(2A) channel pairs.
+    The head dimension is split evenly between the axes; each axis rotates head_dim/(2A) channel pairs
+    (channel i with channel i + head_dim/2). The tables span the whole head: ``sin_LK`` carries the sign of
+    each half, so a rotation is ``x·cos + swap_halves(x)·sin`` (:func:`apply_rope`).
     """
     n_axes = positions_LA.shape[-1]
     pairs = head_dim // 2
@@ -80,15 +82,22 @@ def rope_frequencies(positions_LA: Tensor, head_dim: int, base: float = 10000.0)
     # Leftover pairs (when pairs is not a multiple of the axis count) are not rotated: angle 0.
     if angles_LP.shape[-1] < pairs:
         angles_LP = torch.nn.functional.pad(angles_LP, (0, pairs - angles_LP.shape[-1]))
-    return angles_LP.cos(), angles_LP.sin()
+    cos_LP, sin_LP = angles_LP.cos(), angles_LP.sin()
+    return torch.cat((cos_LP, cos_LP), -1), torch.cat((-sin_LP, sin_LP), -1)
 
 
-def apply_rope(x_BHLK: Tensor, cos_LP: Tensor, sin_LP: Tensor) -> Tensor:
-    """Rotate channel pairs (first half, second half) of every head by the position's angles."""
-    x1, x2 = x_BHLK.float().chunk(2, dim=-1)
-    cos, sin = cos_LP.to(x1.device), sin_LP.to(x1.device)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x_BHLK.dtype)
+def swap_halves(x: Tensor) -> Tensor:
+    """``[x2, x1]`` for ``x = [x1, x2]`` along the last axis (the partner of every rotated channel)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (first half, second half) of every head by the tables' angles (in fp32); the
+    tables (from :func:`rope_frequencies`, possibly pre-multiplied by per-channel scales) broadcast against
+    ``x``'s trailing axes, e.g. ``cos_LK`` against ``x_BHLK``."""
+    xf = x.float()
+    return (xf * cos.to(x.device) + swap_halves(xf) * sin.to(x.device)).to(x.dtype)
 
 
 def grid_positions(grid: tuple[int, int], device: torch.device | None = None, prefix: int = 0) -> Tensor:

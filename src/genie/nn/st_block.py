@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from genie.nn.attention import KV, Attention, Rope
+from genie.nn.attention import Attention, KVCache, KVCacheLayer, Rope
 from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies
 
 AttentionMode = Literal["st", "spatial", "full"]
@@ -135,31 +135,26 @@ class STBlock(nn.Module):
         spatial_rope: Rope | None = None,
         temporal_rope: Rope | None = None,
         full_mask: Tensor | None = None,
-        past_kv: KV | None = None,
-    ) -> tuple[Tensor, KV | None]:
-        """Returns the new activations and the (k, v) of the time-mixing attention, for caching."""
+        cache: KVCacheLayer | None = None,
+    ) -> Tensor:
+        """With ``cache`` the frames follow the cached ones in the time-mixing attention (see :class:`KVCache`)."""
         b, t, _, _ = x_BTSD.shape
         mode = self.cfg.attention
-        new_kv: KV | None = None
         if mode == "full":
             h_BLD = rearrange(self.norm_spatial(x_BTSD), "b t s d -> b (t s) d")
-            out, new_kv = self.spatial(
-                h_BLD,
-                causal=False,
-                rope=spatial_rope,
-                mask_LL=full_mask,
-                past_kv=past_kv,
+            out = self.spatial(
+                h_BLD, causal=False, rope=spatial_rope, mask_LL=full_mask, cache=cache, frames=t
             )
             x_BTSD = x_BTSD + rearrange(out, "b (t s) d -> b t s d", t=t)
         else:
             h = rearrange(self.norm_spatial(x_BTSD), "b t s d -> (b t) s d")
-            out, _ = self.spatial(h, rope=spatial_rope)
+            out = self.spatial(h, rope=spatial_rope)
             x_BTSD = x_BTSD + rearrange(out, "(b t) s d -> b t s d", b=b)
             if mode == "st":
                 h = rearrange(self.norm_temporal(x_BTSD), "b t s d -> (b s) t d")
-                out, new_kv = self.temporal(h, causal=self.cfg.causal, rope=temporal_rope, past_kv=past_kv)
+                out = self.temporal(h, causal=self.cfg.causal, rope=temporal_rope, cache=cache, frames=t)
                 x_BTSD = x_BTSD + rearrange(out, "(b s) t d -> b t s d", b=b)
-        return x_BTSD + self.mlp(self.norm_mlp(x_BTSD)), new_kv
+        return x_BTSD + self.mlp(self.norm_mlp(x_BTSD))
 
     @staticmethod
     def param_formula(cfg: STConfig) -> int:
@@ -169,51 +164,6 @@ class STBlock(nn.Module):
         mlp = (3 if cfg.mlp == "swiglu" else 2) * d * m
         norms = 2 * d * (n_attn + 1)
         return n_attn * attn + mlp + norms
-
-
-class KVCache:
-    """Keys/values of past frames for every block's time-mixing attention, so a new frame costs one frame.
-
-    ``position`` is the absolute index of the next frame (rotary positions keep counting when the window
-    slides); ``max_frames`` keeps only the most recent frames (the model's memory).
-    """
-
-    def __init__(self, max_frames: int | None = None) -> None:
-        self.layers: list[KV] = []
-        self.position = 0
-        self.frames = 0
-        self.max_frames = max_frames
-
-    def past(self, layer: int) -> KV | None:
-        return self.layers[layer] if layer < len(self.layers) else None
-
-    def append(self, layer: int, kv: KV, frames: int) -> None:
-        """Store this call's (k, v) of ``frames`` new frames for ``layer`` after the cached ones."""
-        k, v = kv
-        if layer < len(self.layers):
-            k = torch.cat((self.layers[layer][0], k), dim=2)
-            v = torch.cat((self.layers[layer][1], v), dim=2)
-        if self.max_frames is not None:
-            # Each frame is 1 key (temporal attention) or S keys (full attention) along dim 2.
-            keep = self.max_frames * (k.shape[2] // (self.frames + frames))
-            start = max(0, k.shape[2] - keep)  # (a start past the front is an error on XLA)
-            k, v = k[:, :, start:], v[:, :, start:]
-        if layer < len(self.layers):
-            self.layers[layer] = (k, v)
-        else:
-            self.layers.append((k, v))
-
-    def advance(self, frames: int) -> None:
-        """Count ``frames`` new frames once every layer has appended them."""
-        self.position += frames
-        self.frames += frames
-        if self.max_frames is not None:
-            self.frames = min(self.frames, self.max_frames)
-
-    def reset(self) -> None:
-        self.layers.clear()
-        self.position = 0
-        self.frames = 0
 
 
 class STTransformer(nn.Module):
@@ -259,28 +209,26 @@ class STTransformer(nn.Module):
             t, t0, grid, past_frames, x_BTSD.device, prefix
         )
         for i, block in enumerate(self.blocks):
-            past = cache.past(i) if cache is not None else None
+            layer = cache.layer(i) if cache is not None else None
             if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
-                x_BTSD, kv = checkpoint(
+                x_BTSD = checkpoint(
                     block,
                     x_BTSD,
                     spatial_rope=spatial_rope,
                     temporal_rope=temporal_rope,
                     full_mask=full_mask,
-                    past_kv=past,
+                    cache=layer,
                     use_reentrant=False,
                 )
             else:
-                x_BTSD, kv = block(
+                x_BTSD = block(
                     x_BTSD,
                     spatial_rope=spatial_rope,
                     temporal_rope=temporal_rope,
                     full_mask=full_mask,
-                    past_kv=past,
+                    cache=layer,
                 )
-            if cache is not None and write_cache and kv is not None:  # spatial mode: nothing to cache
-                cache.append(i, kv, t)
-        if cache is not None and write_cache:
+        if cache is not None and write_cache:  # (spatial mode has nothing to cache: only positions count)
             cache.advance(t)
         return self.norm(x_BTSD)
 
