@@ -13,9 +13,9 @@ from genie.models.dynamics import (
     DynamicsModel,
     Rollout,
     SamplingConfig,
+    masked_cross_entropy,
     maskgit_fill,
     maskgit_schedule,
-    masked_cross_entropy,
 )
 from genie.nn import KVCache, STConfig
 

@@ -341,17 +341,14 @@ class LatentActionModel(nn.Module):
         k = 2 * r + 1
         (gh, gw), (h, w) = cfg.grid, cfg.hw
         b, t = context.shape[:2]
-        taps = taps_BTSK.float().reshape(b * t, gh, gw, 2, k).permute(0, 3, 4, 1, 2).softmax(2)
-        taps = taps.repeat_interleave(p, -2).repeat_interleave(p, -1)[..., :h, :w]  # (BT, 2, k, H, W)
+        taps = taps_BTSK.float().reshape(b * t, gh, gw, 2, k).softmax(-1)
+        taps = taps.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :h, :w]  # (BT, H, W, 2, k)
         x = context.flatten(0, 1).float()
-        padded = F.pad(x, (r * s, r * s, 0, 0), mode="replicate")
-        x = sum(
-            (taps[:, 0, i : i + 1] * padded[..., i * s : i * s + w] for i in range(k)), torch.zeros_like(x)
-        )
-        padded = F.pad(x, (0, 0, r * s, r * s), mode="replicate")
-        x = sum(
-            (taps[:, 1, i : i + 1] * padded[..., i * s : i * s + h, :] for i in range(k)), torch.zeros_like(x)
-        )
+        # each pass: the k shifted copies as one strided view (no copies, one product, one sum over k)
+        shifted = F.pad(x, (r * s, r * s, 0, 0), mode="replicate").unfold(-1, w, s)  # (BT, C, H, k, W)
+        x = (shifted * taps[..., 0, :].permute(0, 1, 3, 2)[:, None]).sum(-2)
+        shifted = F.pad(x, (0, 0, r * s, r * s), mode="replicate").unfold(-2, h, s)  # (BT, C, k, W, H)
+        x = (shifted * taps[..., 1, :].permute(0, 3, 2, 1)[:, None]).sum(2).transpose(-1, -2)
         return x.reshape(b, t, *x.shape[1:])
 
     @property
