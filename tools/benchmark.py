@@ -105,18 +105,24 @@ def dynamics_step(quick: bool) -> dict[str, float]:
     tokens = torch.randint(0, 1024, (b, t, 8, 8))
     actions = torch.randint(0, 8, (b, t - 1))
 
-    def step() -> None:
-        loss, _, _ = model.loss(tokens, actions)
+    def step() -> None:  # the same mask every step, so that its token count is exact
+        loss, _, _ = model.loss(tokens, actions, torch.Generator().manual_seed(0))
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     sec = timeit(step, repeat=3 if quick else 5)
     n = b * t * 64
-    dense = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed" not in name)
-    # 6·params·tokens (dense layers and the head) + attention scores: spatial over S=64, temporal over T
+    masked = int(model.random_mask(b, t, torch.Generator().manual_seed(0)).sum())
+    head = model.head.weight.numel()
+    dense = (
+        sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed" not in name) - head
+    )
+    # 6·params·tokens: the blocks on every token, the output head on the masked ones (training scores only those);
+    # + attention scores: spatial over S=64, temporal over T
     attn = 3 * 4 * d * n * (64 + t) * cfg.transformer.depth  # type: ignore[union-attr]
-    return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": (6 * dense * n + attn) / sec, "dim": d}
+    flops = 6 * dense * n + 6 * head * masked + attn
+    return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": flops / sec, "dim": d}
 
 
 def play_speed(
