@@ -158,7 +158,8 @@ class DynamicsModel(nn.Module):
         prev_tokens_BHW: Tensor | None = None,
         select_BTS: Tensor | None = None,
     ) -> Tensor:
-        """Logits of every token given the (masked) clip. With a copy head they are log-probabilities; the
+        """Logits of every token given the (masked) clip (with ``select_BTS`` of those tokens only, ``logits_NV``:
+        see :meth:`forward_ids`). With a copy head they are log-probabilities; the
         copy source of frame t is frame t-1 as given (unmasked), i.e. the past as it is at generation time.
         Continuing from a ``cache``, a copy-head model needs ``prev_tokens_BHW``, the frame before these."""
         b, t, h, w = tokens_BTHW.shape
