@@ -37,6 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from genie.memory import _saved_bytes
 from genie.models import TokenizerConfig, VideoTokenizer
+from genie.models.dynamics import DynamicsModel
 from genie.nn import STConfig, STTransformer
 
 
@@ -113,16 +114,24 @@ def dynamics_step(quick: bool) -> dict[str, float]:
 
     sec = timeit(step, repeat=3 if quick else 5)
     n = b * t * 64
+    flops = _dynamics_step_flops(model, b, t)
+    return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": flops / sec, "dim": d}
+
+
+def _dynamics_step_flops(model: DynamicsModel, b: int, t: int) -> float:
+    """FLOPs of one train step on ``b`` clips of ``t`` frames with the mask of ``Generator().manual_seed(0)``
+    (the steps above use it): 6·params·tokens for the blocks on every token and the output head on the masked
+    ones (training scores only those), plus the attention scores (spatial over S, temporal over T)."""
+    st = model.cfg.st
+    s = model.cfg.hw[0] * model.cfg.hw[1]
+    n = b * t * s
     masked = int(model.random_mask(b, t, torch.Generator().manual_seed(0)).sum())
     head = model.head.weight.numel()
     dense = (
         sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed" not in name) - head
     )
-    # 6·params·tokens: the blocks on every token, the output head on the masked ones (training scores only those);
-    # + attention scores: spatial over S=64, temporal over T
-    attn = 3 * 4 * d * n * (64 + t) * cfg.transformer.depth  # type: ignore[union-attr]
-    flops = 6 * dense * n + 6 * head * masked + attn
-    return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": flops / sec, "dim": d}
+    attn = 3 * 4 * st.dim * n * (s + t) * st.depth
+    return float(6 * dense * n + 6 * head * masked + attn)
 
 
 def play_speed(
@@ -266,9 +275,9 @@ def gpu_dynamics_step(
     tokens = torch.randint(0, 1024, (batch, frames, 16, 16), device="cuda")
     actions = torch.randint(0, 8, (batch, frames - 1), device="cuda")
 
-    def step() -> None:
+    def step() -> None:  # the same mask every step (drawn on the CPU), so that its token count is exact
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _, _ = model.loss(tokens, actions)
+            loss, _, _ = model.loss(tokens, actions, torch.Generator().manual_seed(0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -277,8 +286,7 @@ def gpu_dynamics_step(
     torch.cuda.reset_peak_memory_stats()
     sec = timeit(step, warmup=3, repeat=10)
     n = batch * frames * 256
-    dense = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "embed" not in name)
-    attn = 3 * 4 * dim * n * (256 + frames) * depth
+    flops = _dynamics_step_flops(model, batch, frames)
     params = sum(p.numel() for p in model.parameters())
     return {
         "params": params,
@@ -287,7 +295,7 @@ def gpu_dynamics_step(
         "batch": batch,
         "seconds": sec,
         "tokens_per_s": n / sec,
-        "flops_per_s": (6 * dense * n + attn) / sec,
+        "flops_per_s": flops / sec,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
         "compiled_blocks": float(compile_blocks),
     }
@@ -311,7 +319,7 @@ def gpu_main(out: Path) -> None:
 
     for label, kwargs in (("eager", {}), ("compiled blocks", {"compile_blocks": True})):
         try:
-            r = gpu_dynamics_step(**kwargs)  # type: ignore[arg-type]
+            r = gpu_dynamics_step(**kwargs)
         except Exception as e:  # report it and go on to the next figure
             lines.append(f"| dynamics train step ({label}) | failed: {type(e).__name__}: {str(e)[:120]} |")
             continue
