@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,26 @@ def test_seeded_sessions_are_reproducible_and_actions_matter() -> None:
     assert torch.equal(a, b)
     c = genie.rollout([4, 0, 0], prompt=image, seed=7)
     assert not torch.equal(a, c)
+
+
+def test_compiled_sampling_matches_eager_and_compiles_once() -> None:
+    """``sampling.compile``: the blocks run compiled once the window is full (one graph per layer, no
+    recompiles as the session goes on) and give the eager session's frames. (The recompute path,
+    ``use_cache=False``, runs compiled in ``make bench``.)"""
+    from torch._dynamo.utils import counters
+
+    eager, compiled = tiny_genie(), tiny_genie()
+    eager.sampling = SamplingConfig(steps=3, temperature=0.0, context_frames=4)
+    compiled.sampling = dataclasses.replace(eager.sampling, compile=True)
+    image, actions = torch.rand(3, 12, 16), [0, 1, 4, 4, 3, 2]
+    want = eager.rollout(actions, prompt=image)
+    torch._dynamo.reset()
+    compiled.rollout(actions[:4], prompt=image)  # steps 3 and 4 fill the windows: compiled from there
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    got = compiled.rollout(actions[4:])
+    assert counters["stats"]["unique_graphs"] == graphs  # the same shapes from then on
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_frame_by_frame_decoding_matches_whole_clip_decoding() -> None:

@@ -23,6 +23,7 @@ from genie.nn import (
     rope_frequencies,
     unpatchify,
 )
+from genie.nn.attention import single_query_attention
 
 MODES = ["st", "full", "spatial"]
 POS = ["rope", "learned"]
@@ -138,6 +139,25 @@ def test_attention_cache_matches_full_causal() -> None:
     torch.testing.assert_close(tail, full[:, 4:], rtol=1e-5, atol=1e-6)
     tail5 = attn(x[:, 4:5], causal=True, cache=cache.layer(0))  # not committed: overwrites the slot
     torch.testing.assert_close(tail5, full[:, 4:5], rtol=1e-5, atol=1e-6)
+
+
+def test_single_query_attention_equals_sdpa() -> None:
+    """The cached step's one-query attention (two batched products) is SDPA's result, gradients included,
+    on non-contiguous views like the cache's, and close to it in bf16."""
+    torch.manual_seed(0)
+    q = torch.randn(5, 3, 1, 8, requires_grad=True)
+    buf_k, buf_v = torch.randn(5, 3, 9, 8, requires_grad=True), torch.randn(5, 3, 9, 8, requires_grad=True)
+    k, v = buf_k[:, :, :6], buf_v[:, :, :6]  # a filled part of a preallocated buffer
+    out = single_query_attention(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (q, buf_k, buf_v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, buf_k, buf_v))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    half = single_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref, rtol=0.05, atol=0.05)
 
 
 def test_rope_scores_depend_only_on_relative_position() -> None:

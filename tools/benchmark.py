@@ -38,7 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from genie.memory import _saved_bytes
 from genie.models import TokenizerConfig, VideoTokenizer
 from genie.models.dynamics import DynamicsModel
-from genie.nn import STConfig, STTransformer
+from genie.nn import STConfig, STTransformer, compile_blocks
 
 
 def timeit(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
@@ -92,15 +92,19 @@ def tokenizer_step(quick: bool) -> dict[str, float]:
     }
 
 
-def dynamics_step(quick: bool) -> dict[str, float]:
-    """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound."""
+def dynamics_step(quick: bool, compiled: bool = False) -> dict[str, float]:
+    """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound.
+    ``compiled``: each ST block through ``torch.compile`` (``callbacks.scale.compile_blocks=true``)."""
     from genie.models.dynamics import DynamicsConfig, DynamicsModel
 
     d = 256 if quick else 512
     cfg = DynamicsConfig(
         num_codes=1024, grid=(8, 8), num_actions=8, transformer={"dim": d, "depth": 2, "num_heads": 8}
     )
+    torch.manual_seed(0)
     model = DynamicsModel(cfg)
+    if compiled:
+        compile_blocks(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as genie.lightning builds it
     b, t = (2, 4) if quick else (4, 8)
     tokens = torch.randint(0, 1024, (b, t, 8, 8))
@@ -112,10 +116,19 @@ def dynamics_step(quick: bool) -> dict[str, float]:
         loss.backward()
         opt.step()
 
+    start = time.perf_counter()
+    step()  # (the compile, when compiled)
+    first = time.perf_counter() - start
     sec = timeit(step, repeat=3 if quick else 5)
     n = b * t * 64
     flops = _dynamics_step_flops(model, b, t)
-    return {"seconds": sec, "tokens_per_s": n / sec, "flops_per_s": flops / sec, "dim": d}
+    return {
+        "seconds": sec,
+        "tokens_per_s": n / sec,
+        "flops_per_s": flops / sec,
+        "dim": d,
+        "first_step_s": first,
+    }
 
 
 def _dynamics_step_flops(model: DynamicsModel, b: int, t: int) -> float:
@@ -135,11 +148,16 @@ def _dynamics_step_flops(model: DynamicsModel, b: int, t: int) -> float:
 
 
 def play_speed(
-    quick: bool, dims: str = "tiny", device: str = "cpu", dtype: torch.dtype | None = None
+    quick: bool,
+    dims: str = "tiny",
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    compiled: bool = False,
 ) -> dict[str, float]:
     """Frames/s of Genie.step (25 MaskGIT steps) with and without the KV cache, 16 frames of context.
     ``dims``: ``tiny`` (d 128 x 2, the demo's model) or ``coinrun`` (d 512 x 12, App. F's dynamics).
-    ``dtype``: autocast dtype (``None``: fp32)."""
+    ``dtype``: autocast dtype (``None``: fp32). ``compiled``: ``SamplingConfig(compile=True)`` (the warm-up
+    steps compile; the timed ones run compiled)."""
     import contextlib
 
     from genie.models import Genie
@@ -158,7 +176,8 @@ def play_speed(
         frames = (2 if quick else 6) if cache else (1 if quick or dims != "tiny" else 3)
         if gpu:
             frames *= 5
-        genie = Genie(tok, dyn, None, SamplingConfig(steps=25, context_frames=16, use_cache=cache)).eval()
+        sampling = SamplingConfig(steps=25, context_frames=16, use_cache=cache, compile=compiled)
+        genie = Genie(tok, dyn, None, sampling).eval()
         genie = genie.to(device)
         prompt = torch.rand(1, 16, 3, 64, 64)  # a full 16-frame window: the steady state of a long session
         with amp:
@@ -373,12 +392,20 @@ def main() -> None:
     peak_before_dyn = matmul_flops(n)
     dyn = dynamics_step(a.quick)
     peak_after_dyn = matmul_flops(n)
-    peak = max(peak_before_tok, peak_before_dyn, peak_after_dyn)
+    # compiled figures (full run only: each compile takes tens of seconds here)
+    dyn_c = dynamics_step(a.quick, compiled=True) if not a.quick else None
+    peak_after_dyn_c = matmul_flops(n) if not a.quick else None
+    samples = [peak_before_tok, peak_before_dyn, peak_after_dyn] + (
+        [peak_after_dyn_c] if peak_after_dyn_c else []
+    )
+    peak = max(samples)
     peak_tok = (peak_before_tok + peak_before_dyn) / 2
     peak_dyn = (peak_before_dyn + peak_after_dyn) / 2
+    peak_dyn_c = (peak_after_dyn + peak_after_dyn_c) / 2 if peak_after_dyn_c else None
     attn = st_vs_full(a.quick)
     attn_paper = st_vs_full_paper_grid()
     play = play_speed(a.quick)
+    play_c = play_speed(a.quick, compiled=True) if not a.quick else None
     play_coinrun = play_speed(a.quick, "coinrun") if not a.quick else None
     data = data_rate(
         a.quick, tok["frames_per_s"] / 2
@@ -387,7 +414,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "matmul_flops_per_s": peak,
-        "matmul_flops_per_s_samples": [peak_before_tok, peak_before_dyn, peak_after_dyn],
+        "matmul_flops_per_s_samples": samples,
         "tokenizer_train_step": {
             **tok,
             "matmul_flops_per_s": peak_tok,
@@ -398,9 +425,19 @@ def main() -> None:
             "matmul_flops_per_s": peak_dyn,
             "fraction_of_matmul": dyn["flops_per_s"] / peak_dyn,
         },
+        "dynamics_train_step_compiled_blocks": (
+            {
+                **dyn_c,
+                "matmul_flops_per_s": peak_dyn_c,
+                "fraction_of_matmul": dyn_c["flops_per_s"] / peak_dyn_c,
+            }
+            if dyn_c and peak_dyn_c
+            else None
+        ),
         "st_vs_full_attention": attn,
         "st_vs_full_attention_paper_grid": attn_paper,
         "play": play,
+        "play_compiled": play_c,
         "play_coinrun_dims": play_coinrun,
         "data": data,
     }
@@ -411,7 +448,7 @@ def main() -> None:
         "| figure | value |",
         "|---|---|",
         f"| matmul fp32 | {peak / 1e9:.1f} GFLOP/s (samples: "
-        f"{', '.join(f'{x / 1e9:.0f}' for x in (peak_before_tok, peak_before_dyn, peak_after_dyn))}) |",
+        f"{', '.join(f'{x / 1e9:.0f}' for x in samples)}) |",
         f"| tokenizer_tiny train step | {tok['frames_per_s']:.1f} frames/s, {tok['tokens_per_s']:.0f} tokens/s |",
         f"| tokenizer_tiny achieved / matmul FLOP/s (matmul around it) | {tok['flops_per_s'] / peak_tok:.2f} |",
     ]
@@ -419,6 +456,11 @@ def main() -> None:
         f"| dynamics train step (d {int(dyn['dim'])}) achieved / matmul FLOP/s (matmul around it) | "
         f"{dyn['flops_per_s'] / peak_dyn:.2f} (target ≥ 0.8) |"
     ]
+    if dyn_c and peak_dyn_c:
+        lines += [
+            f"| the same with each ST block compiled (first step, compiling: {dyn_c['first_step_s']:.0f} s) | "
+            f"{dyn_c['flops_per_s'] / peak_dyn_c:.2f} (target ≥ 0.8) |"
+        ]
     lines += [f"| full / ST attention step time, T={int(r['T'])} | {r['full_over_st']:.2f}× |" for r in attn]
     lines += [
         f"| ST / full attention activation memory, T={int(r['T'])}: materialised / fused attention | "
@@ -433,6 +475,14 @@ def main() -> None:
     lines += [
         f"| play (tiny dims), 25 MaskGIT steps: cached / recomputed window | {play['cached_fps']:.2f} / {play['recompute_fps']:.2f} "
         f"frames/s = {play['cache_speedup']:.1f}× (target ≥ 10×; ≥ 10 FPS) |",
+        *(
+            [
+                f"| the same, compiled (`sampling.compile`) | {play_c['cached_fps']:.2f} / "
+                f"{play_c['recompute_fps']:.2f} frames/s = {play_c['cache_speedup']:.1f}× |"
+            ]
+            if play_c
+            else []
+        ),
         *(
             [
                 f"| play at CoinRun dims (d 512 x 12): cached / recomputed | {play_coinrun['cached_fps']:.2f} / "

@@ -32,6 +32,7 @@ from lightning.pytorch.strategies import FSDPStrategy, XLAStrategy
 from torch import Tensor, nn
 
 from genie.nn import STBlock, STTransformer
+from genie.nn import compile_blocks as compile_st_blocks
 
 SHARDING = ("FULL_SHARD", "HYBRID_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
 
@@ -426,11 +427,10 @@ def apply_policies(
             continue
         if activation_checkpointing:
             stack.cfg.checkpoint_activations = True
-        for block in stack.modules():
-            if isinstance(block, STBlock):
-                n += 1
-                if compile_blocks:
-                    block.compile()
+        if compile_blocks:
+            n += compile_st_blocks(stack)
+        else:
+            n += sum(isinstance(block, STBlock) for block in stack.modules())
     return n
 
 

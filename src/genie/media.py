@@ -110,7 +110,7 @@ def fit_image(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, st
     (:func:`genie.data.pipeline.resize_crop`): ``frame_HW3`` uint8 and what was done."""
     from genie.data.pipeline import resize_crop
 
-    frame = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    frame = np.array(image.convert("RGB"), dtype=np.uint8)  # (a writable copy: torch wraps it)
     h, w = frame.shape[:2]
     th, tw = size
     if (h, w) == (th, tw):

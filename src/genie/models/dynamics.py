@@ -9,6 +9,7 @@ in front of its grid (``prepend``, which Jasmine found necessary for CoinRun). F
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.nn import KVCache, STConfig, STTransformer, as_st_config
+from genie.nn import KVCache, STConfig, STTransformer, as_st_config, compile_blocks, compiled_when
 
 ActionMode = Literal["add", "prepend"]
 
@@ -325,13 +326,17 @@ class SamplingConfig:
     re-masks the rest; the number left masked follows the cosine schedule ``S·cos(π/2 · k/steps)``.
     ``context_frames`` is the model's memory including the frame being generated (16 in the paper).
     ``use_cache`` reuses the keys/values of past frames (a KV cache over the causal temporal attention),
-    so each step costs one frame instead of the whole window.
+    so each step costs one frame instead of the whole window. ``compile`` runs the transformer blocks
+    (the dynamics model's and, in :class:`~genie.models.Genie`, the tokenizer decoder's) through
+    ``torch.compile`` once the context window is full: a one-off compile of seconds, then faster steps
+    (while the window fills, steps run eagerly; needs torch >= 2.6 and, on a CPU, a C++ compiler).
     """
 
     steps: int = 25
     temperature: float = 2.0
     context_frames: int = 16
     use_cache: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -443,12 +448,18 @@ class Rollout:
         self.frames: list[Tensor] = []  # ids_BS per frame
         self.actions: list[Tensor] = []  # the action id that produced each frame (num_actions for the first)
         self.cache: KVCache | None = None
+        if self.sampling.compile:
+            compile_blocks(model, dynamic=False)
 
     @property
     def tokens(self) -> Tensor:
         """All frames so far, ``tokens_BTHW``."""
         b = self.frames[0].shape[0]
         return torch.stack(self.frames, 1).reshape(b, len(self.frames), *self.model.cfg.hw)
+
+    def _compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
+        """With ``sampling.compile``: compiled blocks when ``steady``, eager otherwise (see :func:`compiled_when`)."""
+        return compiled_when(steady) if self.sampling.compile else contextlib.nullcontext()
 
     def _window(self) -> tuple[Tensor, Tensor]:
         keep = self.sampling.context_frames - 1
@@ -479,7 +490,8 @@ class Rollout:
         self.actions = list(acts_BT.unbind(1))
         self.cache = None
         if self.sampling.use_cache:
-            self._prime()
+            with self._compiled(False):  # a one-off shape: never worth a compile
+                self._prime()
 
     @torch.no_grad()
     def step(self, actions_B: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -515,15 +527,20 @@ class Rollout:
                 ids = torch.cat((past_ids, ids_BS[:, None]), 1)
                 return model.forward_ids(ids, acts, prev_ids_BTS=prev, positions_BM=pos_BM)
 
-        new = maskgit_fill(
-            predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
-        )
-        self.frames.append(new)
-        self.actions.append(actions_B)
-        if self.cache is not None:
-            st = model.cfg.st
-            if st.pos_emb == "learned" and self.cache.position + 1 >= st.max_frames:
-                self._prime()  # learned frame positions cannot count past max_frames: re-encode the window
-            else:
-                model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
+        # compiled (when asked) once every step has the same shapes: the cache or the window is full
+        window = cfg.context_frames - 1
+        full = (self.cache.frames if self.cache is not None else len(self.frames)) >= window
+        with self._compiled(full):
+            new = maskgit_fill(
+                predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
+            )
+            self.frames.append(new)
+            self.actions.append(actions_B)
+            if self.cache is not None:
+                st = model.cfg.st
+                if st.pos_emb == "learned" and self.cache.position + 1 >= st.max_frames:
+                    with self._compiled(False):
+                        self._prime()  # learned frame positions cannot count past max_frames: re-encode
+                else:
+                    model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
         return new.reshape(b, *model.cfg.hw)

@@ -12,6 +12,7 @@ remembers the last ``sampling.context_frames`` frames (16, as in the paper).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, seeded_generator
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
-from genie.nn import KVCache
+from genie.nn import KVCache, compile_blocks, compiled_when
 
 
 class Genie(nn.Module):
@@ -178,13 +179,22 @@ class Genie(nn.Module):
             raise RuntimeError("this Genie has no latent action model; load it with lam=... to infer actions")
         return self.lam.infer_actions(self.to_video(video))
 
-    def _decode(self, tokens_BTHW: Tensor) -> Tensor:
-        if self._decoder_cache is None:  # learned frame positions: decode the window each time
-            window = self.sampling.context_frames
-            rollout = self._rollout
-            assert rollout is not None
-            return self.tokenizer.decode(rollout.tokens[:, -window:])[:, -tokens_BTHW.shape[1] :]
-        return self.tokenizer.decode(tokens_BTHW, self._decoder_cache)
+    def _decode(self, tokens_BTHW: Tensor, steady: bool = True) -> Tensor:
+        """Pixels of new frames; ``steady=False`` for a one-off shape (the prompt), never compiled."""
+        window = self.sampling.context_frames
+        rollout, cache = self._rollout, self._decoder_cache
+        assert rollout is not None
+        if cache is None:  # learned frame positions: decode the window each time
+            with self._compiled(steady and len(rollout.frames) >= window):
+                return self.tokenizer.decode(rollout.tokens[:, -window:])[:, -tokens_BTHW.shape[1] :]
+        with self._compiled(steady and cache.frames == cache.max_frames):
+            return self.tokenizer.decode(tokens_BTHW, cache)
+
+    def _compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
+        if not self.sampling.compile:
+            return contextlib.nullcontext()
+        compile_blocks(self.tokenizer.decoder, dynamic=False)  # (the dynamics' blocks: by the Rollout)
+        return compiled_when(steady)
 
     @torch.no_grad()
     def reset(self, prompt: Any, actions: Any = None, seed: int | None = None) -> Tensor:
@@ -210,7 +220,7 @@ class Genie(nn.Module):
         self._generator = None
         if seed is not None:
             self._generator = seeded_generator(self.device, seed)
-        self._frames = list(self._decode(tokens).unbind(1))
+        self._frames = list(self._decode(tokens, steady=False).unbind(1))
         return self._frames[-1]
 
     @torch.no_grad()

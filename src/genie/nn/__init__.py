@@ -13,7 +13,16 @@ from genie.nn.embed import (
     unpatchify,
 )
 from genie.nn.quantize import QuantizerOutput, VectorQuantizer
-from genie.nn.st_block import MLP, STBlock, STConfig, STTransformer, as_st_config, block_causal_mask
+from genie.nn.st_block import (
+    MLP,
+    STBlock,
+    STConfig,
+    STTransformer,
+    as_st_config,
+    block_causal_mask,
+    compile_blocks,
+    compiled_when,
+)
 
 __all__ = [
     "MLP",
@@ -29,6 +38,8 @@ __all__ = [
     "apply_rope",
     "as_st_config",
     "block_causal_mask",
+    "compile_blocks",
+    "compiled_when",
     "grid_positions",
     "patchify",
     "rope_frequencies",

@@ -99,6 +99,17 @@ class KVCacheLayer:
         return self.cache.extend(self.index, k_new, v_new, frames)
 
 
+def single_query_attention(q_BH1K: Tensor, k_BHLK: Tensor, v_BHLK: Tensor) -> Tensor:
+    """Softmax attention of one query per sequence (a cached generation step's temporal attention: each
+    token's new frame over its past frames): the same result as SDPA, as two batched matrix-vector products.
+    With one query there is no score matrix for a fused kernel to tile, and SDPA's CPU kernel pays its
+    per-sequence set-up for every token and head (1.7x slower at one clip, 2.6x at 16); the two products also
+    fuse under ``torch.compile``."""
+    scores_BH1L = torch.einsum("bhqk,bhlk->bhql", q_BH1K, k_BHLK) * q_BH1K.shape[-1] ** -0.5
+    weights_BH1L = scores_BH1L.softmax(-1, dtype=torch.float32).to(v_BHLK.dtype)  # (fp32 under bf16)
+    return torch.einsum("bhql,bhlk->bhqk", weights_BH1L, v_BHLK)
+
+
 class Attention(nn.Module):
     """Self-attention over the L axis of ``x_BLD``.
 
@@ -170,14 +181,13 @@ class Attention(nn.Module):
             # SDPA's is_causal aligns top-left; with a cache the queries are the *last* q_len positions.
             attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril(k_len - q_len)
             is_causal = False
-        out_BHLK = F.scaled_dot_product_attention(
-            q_BHLK,
-            k_BHLK,
-            v_BHLK,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if q_len == 1 and attn_mask is None and dropout_p == 0.0:
+            out_BHLK = single_query_attention(q_BHLK, k_BHLK, v_BHLK)
+        else:
+            out_BHLK = F.scaled_dot_product_attention(
+                q_BHLK, k_BHLK, v_BHLK, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+            )
         return self.proj(rearrange(out_BHLK, "b h l k -> b l (h k)"))
 
     @staticmethod

@@ -8,7 +8,8 @@ one attention over all T·S tokens, block-causal in time).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -259,3 +260,30 @@ class STTransformer(nn.Module):
         if cfg.pos_emb == "learned":
             total += cfg.dim * (cfg.max_frames + sum(cfg.max_grid))
         return total
+
+
+def compile_blocks(module: nn.Module, **compile_kwargs: Any) -> int:
+    """``torch.compile`` every :class:`STBlock` of ``module`` in place (``nn.Module.compile``; blocks already
+    compiled are left as they are); returns the number of blocks. Compiling per block keeps each graph small
+    and the position tables and caches outside it. ``compile_kwargs`` go to ``torch.compile``."""
+    n = 0
+    for block in module.modules():
+        if isinstance(block, STBlock):
+            n += 1
+            if getattr(block, "_compiled_call_impl", None) is None:
+                block.compile(**compile_kwargs)
+    return n
+
+
+@contextlib.contextmanager
+def compiled_when(steady: bool) -> Iterator[None]:
+    """Run compiled code only when ``steady``, eagerly otherwise (``torch.compiler.set_stance``): generation
+    compiles its blocks once for the shapes of a full context window instead of once per length while the
+    window fills (each compile takes seconds on a CPU; dynamic-shape kernels run slower)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        raise RuntimeError(
+            f"compiled sampling needs torch >= 2.6 (torch.compiler.set_stance); this is torch {torch.__version__}"
+        )
+    with set_stance("default" if steady else "force_eager"):
+        yield
