@@ -205,6 +205,21 @@ def test_kv_cache_window_keeps_last_frames() -> None:
         torch.testing.assert_close(kept, full[:, :, 3:])
 
 
+def test_bounded_kv_cache_has_one_size_however_it_was_filled() -> None:
+    """A 1-frame and a 3-frame prompt leave the same buffers once the window is full (one compiled graph)."""
+    torch.manual_seed(0)
+    model = tiny("st")
+    x = torch.randn(1, 6, 12, 32)
+    sizes = []
+    for prompt in (1, 3):
+        cache = KVCache(max_frames=3)
+        model(x[:, :prompt], (3, 4), cache=cache, write_cache=True)
+        for i in range(prompt, 6):
+            model(x[:, i : i + 1], (3, 4), cache=cache, write_cache=True)
+        sizes.append([tuple(k.shape) for k in cache._keys])
+    assert sizes[0] == sizes[1] == [(12, 4, 4, 8)] * 2  # (b s) h (window + 1) k
+
+
 def test_block_causal_mask() -> None:
     m = block_causal_mask(2, 3, 2, torch.device("cpu"))
     assert m.shape == (4, 6)

@@ -21,7 +21,9 @@ class KVCache:
     after the cached ones and attends over the filled part - no copy of the past per call; only
     :meth:`advance` makes them part of the cache (so MaskGIT can run many passes over the same new frame).
     ``position`` is the absolute index of the next frame (rotary positions keep counting when the window
-    slides); ``max_frames`` keeps only the most recent frames (the model's memory).
+    slides); ``max_frames`` keeps only the most recent frames (the model's memory). A bounded cache's buffer
+    holds ``max_frames + 1`` frames however it was first filled, so every full-window step has the same
+    shapes (what a compiled step needs).
     """
 
     def __init__(self, max_frames: int | None = None) -> None:
@@ -53,7 +55,10 @@ class KVCache:
         if layer > len(self._keys):
             raise ValueError(f"cache layers are filled in order: got layer {layer} of {len(self._keys)}")
         if layer == len(self._keys) or self._keys[layer].shape[2] < stop:
-            keep = max(self.max_frames or 0, 2 * self.frames) + frames  # sliding: room for the window + new
+            if self.max_frames is not None:  # the window + one new frame: the same size however it was filled
+                keep = max(self.max_frames + 1, self.frames + frames)
+            else:  # unbounded: grow by doubling
+                keep = 2 * self.frames + frames
             shape = (*k_new.shape[:2], keep * per_frame, k_new.shape[3])
             k_buf, v_buf = k_new.new_empty(shape), v_new.new_empty(shape)
             if layer < len(self._keys):  # grow, keeping what is cached
