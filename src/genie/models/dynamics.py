@@ -457,7 +457,7 @@ class Rollout:
         b = self.frames[0].shape[0]
         return torch.stack(self.frames, 1).reshape(b, len(self.frames), *self.model.cfg.hw)
 
-    def _compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
+    def compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
         """With ``sampling.compile``: compiled blocks when ``steady``, eager otherwise (see :func:`compiled_when`)."""
         return compiled_when(steady) if self.sampling.compile else contextlib.nullcontext()
 
@@ -490,7 +490,7 @@ class Rollout:
         self.actions = list(acts_BT.unbind(1))
         self.cache = None
         if self.sampling.use_cache:
-            with self._compiled(False):  # a one-off shape: never worth a compile
+            with self.compiled(False):  # a one-off shape: never worth a compile
                 self._prime()
 
     @torch.no_grad()
@@ -530,7 +530,7 @@ class Rollout:
         # compiled (when asked) once every step has the same shapes: the cache or the window is full
         window = cfg.context_frames - 1
         full = (self.cache.frames if self.cache is not None else len(self.frames)) >= window
-        with self._compiled(full):
+        with self.compiled(full):
             new = maskgit_fill(
                 predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
             )
@@ -539,7 +539,7 @@ class Rollout:
             if self.cache is not None:
                 st = model.cfg.st
                 if st.pos_emb == "learned" and self.cache.position + 1 >= st.max_frames:
-                    with self._compiled(False):
+                    with self.compiled(False):
                         self._prime()  # learned frame positions cannot count past max_frames: re-encode
                 else:
                     model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)

@@ -12,7 +12,6 @@ remembers the last ``sampling.context_frames`` frames (16, as in the paper).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, seeded_generator
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
-from genie.nn import KVCache, compile_blocks, compiled_when
+from genie.nn import KVCache, compile_blocks
 
 
 class Genie(nn.Module):
@@ -185,16 +184,10 @@ class Genie(nn.Module):
         rollout, cache = self._rollout, self._decoder_cache
         assert rollout is not None
         if cache is None:  # learned frame positions: decode the window each time
-            with self._compiled(steady and len(rollout.frames) >= window):
+            with rollout.compiled(steady and len(rollout.frames) >= window):
                 return self.tokenizer.decode(rollout.tokens[:, -window:])[:, -tokens_BTHW.shape[1] :]
-        with self._compiled(steady and cache.frames == cache.max_frames):
+        with rollout.compiled(steady and cache.frames == cache.max_frames):
             return self.tokenizer.decode(tokens_BTHW, cache)
-
-    def _compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
-        if not self.sampling.compile:
-            return contextlib.nullcontext()
-        compile_blocks(self.tokenizer.decoder, dynamic=False)  # (the dynamics' blocks: by the Rollout)
-        return compiled_when(steady)
 
     @torch.no_grad()
     def reset(self, prompt: Any, actions: Any = None, seed: int | None = None) -> Tensor:
@@ -214,6 +207,8 @@ class Genie(nn.Module):
             )
         tokens = self.tokenizer.encode(video)
         self._rollout = Rollout(self.dynamics, self.sampling)
+        if self.sampling.compile:  # (the dynamics' blocks: by the Rollout)
+            compile_blocks(self.tokenizer.decoder, dynamic=False)
         self._rollout.start(tokens, prompt_actions)
         dec = self.tokenizer.cfg.dec
         self._decoder_cache = None if dec.pos_emb == "learned" else KVCache(self.sampling.context_frames)
