@@ -93,6 +93,8 @@ def reference_attention(attn: Attention, x: torch.Tensor, causal: bool, rope: tu
     h, k = attn.num_heads, attn.head_dim
     q, kk, v = attn.qkv(x).reshape(b, n, 3, h, k).permute(2, 0, 3, 1, 4)
     if attn.q_scale is not None:
+        if attn.qk_norm == "layer":  # LayerNorm without bias: centre, then scale to unit variance
+            q, kk = q - q.mean(-1, keepdim=True), kk - kk.mean(-1, keepdim=True)
         q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + attn.norm_eps) * attn.q_scale
         kk = kk * torch.rsqrt(kk.pow(2).mean(-1, keepdim=True) + attn.norm_eps) * attn.k_scale
     if rope is not None:  # channel i pairs with i + k/2, rotated by the angle whose cos/sin the tables hold
@@ -110,10 +112,10 @@ def reference_attention(attn: Attention, x: torch.Tensor, causal: bool, rope: tu
     return attn.proj(out.transpose(1, 2).reshape(b, n, h * k))
 
 
-@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("qk_norm", ["layer", "rms", "none"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("use_rope", [True, False])
-def test_sdpa_matches_explicit_softmax(qk_norm: bool, causal: bool, use_rope: bool) -> None:
+def test_sdpa_matches_explicit_softmax(qk_norm: str, causal: bool, use_rope: bool) -> None:
     torch.manual_seed(0)
     attn = Attention(dim=24, num_heads=3, head_dim=10, qk_norm=qk_norm)  # heads·head_dim ≠ dim on purpose
     if attn.q_scale is not None and attn.k_scale is not None:  # learnt scales differ per channel and q/k
@@ -125,6 +127,26 @@ def test_sdpa_matches_explicit_softmax(qk_norm: bool, causal: bool, use_rope: bo
     out = attn(x, causal=causal, rope=rope)
     ref = reference_attention(attn, x, causal, rope)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_qk_norm_kinds_and_the_earlier_booleans() -> None:
+    assert STConfig().qk_norm == "layer"
+    assert STConfig(qk_norm=True).qk_norm == "rms"  # configs and checkpoints written before "layer" existed
+    assert STConfig(qk_norm=False).qk_norm == "none"
+    assert Attention(8, 2, qk_norm=True).qk_norm == "rms"
+    with pytest.raises(ValueError, match="qk_norm must be"):
+        STConfig(qk_norm="l2")  # type: ignore[arg-type]
+    # LayerNorm and RMSNorm differ exactly by the per-head mean of the queries and keys
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    layer, rms = Attention(16, 2, qk_norm="layer"), Attention(16, 2, qk_norm="rms")
+    rms.load_state_dict(layer.state_dict())
+    assert not torch.allclose(layer(x), rms(x))
+    with torch.no_grad():  # queries and keys with zero mean per head: both norms agree
+        w = layer.qkv.weight.view(3, 2, 8, 16)
+        w[:2] -= w[:2].mean(2, keepdim=True)
+    rms.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), rms(x), rtol=1e-5, atol=1e-6)
 
 
 def test_attention_cache_matches_full_causal() -> None:
@@ -227,8 +249,8 @@ def test_block_causal_mask() -> None:
     assert m[3].tolist() == [True] * 6
 
 
-@pytest.mark.parametrize("qk_norm", [True, False])
-def test_trains_with_and_without_qk_norm(qk_norm: bool) -> None:
+@pytest.mark.parametrize("qk_norm", ["layer", "rms", "none"])
+def test_trains_with_and_without_qk_norm(qk_norm: str) -> None:
     torch.manual_seed(0)
     model = tiny("st", qk_norm=qk_norm).train()
     x = torch.randn(4, 4, 12, 32)
@@ -278,7 +300,8 @@ def test_activation_checkpointing_same_gradients() -> None:
         {},
         {"attention": "full"},
         {"attention": "spatial", "mlp": "swiglu"},
-        {"head_dim": 10, "num_heads": 3, "mlp_dim": 50, "qk_norm": False},
+        {"head_dim": 10, "num_heads": 3, "mlp_dim": 50, "qk_norm": "none"},
+        {"qk_norm": "rms"},
         {"pos_emb": "learned", "max_frames": 7, "max_grid": (5, 9)},
         {"pos_emb": "none", "depth": 3},
     ],

@@ -7,7 +7,8 @@ Figures:
 - matmul FLOP/s of this machine (fp32; the yardstick for "how close to the limit");
 - tokenizer train step (tokenizer_tiny dims): frames/s and achieved FLOP/s as a fraction of matmul FLOP/s;
 - dynamics train step at d = 512 (fp32): achieved FLOP/s as a fraction of matmul FLOP/s (target >= 0.8),
-  eager and with each ST block compiled (each step timed between matmul probes, against their mean);
+  eager and with each ST block compiled (each step timed between matmul probes, against their mean), and
+  eager with the blocks configured plain (no QK-norm, no rotary positions: what those two cost);
 - ST attention vs full spatiotemporal attention: train step time and the activation memory autograd keeps at
   T = 4, 8, 16 (the paper's claim: linear vs quadratic in T; target at T = 16: ST <= 0.2x full), on 16x16
   tokens per frame, and the memory alone at the paper's 23x40 tokens per frame (counted on the meta device);
@@ -115,15 +116,17 @@ def tokenizer_step(quick: bool, n: int) -> dict[str, float]:
     }
 
 
-def dynamics_step(quick: bool, n: int, compiled: bool = False) -> dict[str, float]:
+def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = False) -> dict[str, float]:
     """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound.
-    ``compiled``: each ST block through ``torch.compile`` (``callbacks.scale.compile_blocks=true``)."""
+    ``compiled``: each ST block through ``torch.compile`` (``callbacks.scale.compile_blocks=true``).
+    ``plain``: the ST blocks without QK-norm and rotary positions (what those two cost)."""
     from genie.models.dynamics import DynamicsConfig, DynamicsModel
 
     d = 256 if quick else 512
-    cfg = DynamicsConfig(
-        num_codes=1024, grid=(8, 8), num_actions=8, transformer={"dim": d, "depth": 2, "num_heads": 8}
-    )
+    st: dict[str, Any] = {"dim": d, "depth": 2, "num_heads": 8}
+    if plain:
+        st.update(qk_norm="none", pos_emb="none")
+    cfg = DynamicsConfig(num_codes=1024, grid=(8, 8), num_actions=8, transformer=st)
     torch.manual_seed(0)
     model = DynamicsModel(cfg)
     if compiled:
@@ -414,8 +417,9 @@ def main() -> None:
     dyn = dynamics_step(a.quick, n)
     # compiled figures (full run only: each compile takes tens of seconds here)
     dyn_c = dynamics_step(a.quick, n, compiled=True) if not a.quick else None
-    samples = [r["matmul_flops_per_s"] for r in (tok, dyn, dyn_c) if r]
-    peak = max(r["matmul_flops_per_s_max"] for r in (tok, dyn, dyn_c) if r)
+    dyn_plain = dynamics_step(a.quick, n, plain=True) if not a.quick else None
+    samples = [r["matmul_flops_per_s"] for r in (tok, dyn, dyn_c, dyn_plain) if r]
+    peak = max(r["matmul_flops_per_s_max"] for r in (tok, dyn, dyn_c, dyn_plain) if r)
     attn = st_vs_full(a.quick)
     attn_paper = st_vs_full_paper_grid()
     play = play_speed(a.quick)
@@ -432,6 +436,7 @@ def main() -> None:
         "tokenizer_train_step": tok,
         "dynamics_train_step": dyn,
         "dynamics_train_step_compiled_blocks": dyn_c,
+        "dynamics_train_step_plain_blocks": dyn_plain,
         "st_vs_full_attention": attn,
         "st_vs_full_attention_paper_grid": attn_paper,
         "play": play,
@@ -457,6 +462,11 @@ def main() -> None:
         lines += [
             f"| the same with each ST block compiled (first step, compiling: {dyn_c['first_step_s']:.0f} s) | "
             f"{dyn_c['fraction_of_matmul']:.2f} (target ≥ 0.8) |"
+        ]
+    if dyn_plain:
+        lines += [
+            "| the same eager, the ST blocks without QK-norm and rotary positions (what those two cost) | "
+            f"{dyn_plain['fraction_of_matmul']:.2f} |"
         ]
     lines += [f"| full / ST attention step time, T={int(r['T'])} | {r['full_over_st']:.2f}× |" for r in attn]
     lines += [
