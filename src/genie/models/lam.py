@@ -52,11 +52,12 @@ class LAMConfig(PatchGeometry):
     input: LAMInput = "pixels"
     token_vocab: int = 1024  # input="tokens": the tokenizer's vocabulary ...
     token_grid: Sequence[int] = (23, 40)  # ... and its token grid per frame
+    # QK-norm as RMSNorm, as conf/model/lam.yaml has it: the LAM recipe was tuned with it (README: Measured)
     encoder: STConfig | dict[str, Any] = field(
-        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
+        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
     )
     decoder: STConfig | dict[str, Any] = field(
-        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
+        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
     )
     vq_beta: float = 0.25
     vq_ema: bool = False
