@@ -418,8 +418,9 @@ def main() -> None:
     # compiled figures (full run only: each compile takes tens of seconds here)
     dyn_c = dynamics_step(a.quick, n, compiled=True) if not a.quick else None
     dyn_plain = dynamics_step(a.quick, n, plain=True) if not a.quick else None
-    samples = [r["matmul_flops_per_s"] for r in (tok, dyn, dyn_c, dyn_plain) if r]
-    peak = max(r["matmul_flops_per_s_max"] for r in (tok, dyn, dyn_c, dyn_plain) if r)
+    steps = [r for r in (tok, dyn, dyn_c, dyn_plain) if r]
+    samples = [r["matmul_flops_per_s"] for r in steps]
+    peak = max(r["matmul_flops_per_s_max"] for r in steps)
     attn = st_vs_full(a.quick)
     attn_paper = st_vs_full_paper_grid()
     play = play_speed(a.quick)
