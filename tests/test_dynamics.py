@@ -312,3 +312,112 @@ def test_loss_on_the_masked_tokens_equals_the_static_shape_loss(variant: str) ->
     torch.testing.assert_close(acc, want_acc.float())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_maskgit_draws_are_the_sizes_each_pass_samples() -> None:
+    from genie.models.dynamics import maskgit_draws
+
+    for num_tokens, steps in ((12, 4), (256, 25), (3, 8), (1, 1)):
+        seen: list[int] = []
+
+        def predict(ids: torch.Tensor, pos: torch.Tensor, seen: list[int] = seen) -> torch.Tensor:
+            seen.append(pos.shape[1])
+            return torch.zeros(ids.shape[0], pos.shape[1], 5)
+
+        maskgit_fill(predict, 2, num_tokens, 5, steps, 1.0, torch.Generator().manual_seed(0))
+        assert maskgit_draws(num_tokens, steps) == seen
+
+
+def test_kv_cache_position_tensor_follows_the_position() -> None:
+    cache = KVCache(max_frames=2)
+    pos = cache.position_tensor(torch.device("cpu"))
+    assert int(pos) == 0
+    for _ in range(4):  # past the window: the position keeps counting, in place
+        cache.extend(0, torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), frames=1)
+        cache.advance(1)
+    assert cache.position_tensor(torch.device("cpu")) is pos and int(pos) == cache.position == 4
+    cache.reset()
+    assert int(cache.position_tensor(torch.device("cpu"))) == 0
+
+
+@pytest.mark.parametrize("mode", ["add", "prepend", "copy"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 2.0])
+def test_captured_step_frames_equal_the_plain_steps(mode: str, temperature: float) -> None:
+    """``sampling.cuda_graph``: full-window frames come from fixed input tensors through a CapturedStep (a CUDA
+    graph on a GPU; called directly here) - the same frames as the plain step, the same sampling noise."""
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(
+        num_codes=32,
+        grid=(3, 4),
+        num_actions=4,
+        action_mode="prepend" if mode == "prepend" else "add",
+        transformer={"dim": 32, "depth": 2, "num_heads": 4},
+        copy_radius=1 if mode == "copy" else 0,
+    )
+    model = DynamicsModel(cfg).eval()
+    if mode == "copy":
+        with_random_copy_head(model)
+    prompt, actions = torch.randint(0, 32, (2, 1, 3, 4)), torch.randint(0, 4, (2, 9))
+    outs, rollouts = [], []
+    for graph in (True, False):
+        sampling = SamplingConfig(steps=4, temperature=temperature, context_frames=4, cuda_graph=graph)
+        rollout = Rollout(model, sampling)
+        rollout.start(prompt)
+        g = torch.Generator().manual_seed(5)
+        for i in range(actions.shape[1]):  # past the window: 7 frames through the captured step
+            rollout.step(actions[:, i], generator=g)
+        outs.append(rollout.tokens)
+        rollouts.append(rollout)
+    assert torch.equal(outs[0], outs[1])
+    assert rollouts[0]._captured is not None and rollouts[0]._captured.calls == 7
+    assert rollouts[1]._captured is None
+    assert rollouts[0].cache is not None and rollouts[0].cache.position == 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
+def test_cuda_graph_rollout_replays_the_plain_frames_on_gpu() -> None:
+    """On a GPU the full-window frames are replays of one captured CUDA graph, and they are the frames the
+    plain (eager) steps give; the cache's position stays in step with the graph's device-side one."""
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(
+        num_codes=64, grid=(4, 4), num_actions=4, transformer={"dim": 64, "depth": 2, "num_heads": 4}
+    )
+    model = DynamicsModel(cfg).cuda().eval()
+    prompt = torch.randint(0, 64, (2, 1, 4, 4), device="cuda")
+    actions = torch.randint(0, 4, (2, 10), device="cuda")
+    outs, rollouts = [], []
+    for graph in (True, False):
+        rollout = Rollout(model, SamplingConfig(steps=6, temperature=2.0, context_frames=4, cuda_graph=graph))
+        rollout.start(prompt)
+        g = torch.Generator(device="cuda").manual_seed(5)
+        for i in range(actions.shape[1]):
+            rollout.step(actions[:, i], generator=g)
+        outs.append(rollout.tokens)
+        rollouts.append(rollout)
+    assert torch.equal(outs[0], outs[1])
+    captured = rollouts[0]._captured
+    assert captured is not None and captured.captured and captured.calls == 8
+    cache = rollouts[0].cache
+    assert cache is not None and int(cache.position_tensor(torch.device("cuda"))) == cache.position == 11
+
+
+def test_compiled_blocks_share_one_graph_whatever_the_depth() -> None:
+    """``sampling.compile``: the cache's per-layer view does not make the compiled code depend on the layer,
+    so the ST blocks of a model share one graph (dynamo recompiles at most 8 times per function: with one
+    graph per block, a 12-block model's last blocks ran eagerly)."""
+    from torch._dynamo.utils import counters
+
+    for depth in (1, 3):
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = DynamicsConfig(
+            num_codes=32,
+            grid=(3, 4),
+            num_actions=4,
+            transformer={"dim": 32, "depth": depth, "num_heads": 4},
+        )
+        rollout = Rollout(DynamicsModel(cfg).eval(), SamplingConfig(steps=3, context_frames=4, compile=True))
+        rollout.start(torch.randint(0, 32, (1, 1, 3, 4)))
+        for i in range(5):
+            rollout.step(torch.tensor([i % 4]))
+        assert counters["stats"]["unique_graphs"] == 1

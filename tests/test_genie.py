@@ -57,7 +57,7 @@ def test_seeded_sessions_are_reproducible_and_actions_matter() -> None:
 
 
 def test_compiled_sampling_matches_eager_and_compiles_once() -> None:
-    """``sampling.compile``: the blocks run compiled once the window is full (one graph per layer, no
+    """``sampling.compile``: the blocks run compiled once the window is full (one graph for all layers, no
     recompiles as the session goes on) and give the eager session's frames. (The recompute path,
     ``use_cache=False``, runs compiled in ``make bench``.)"""
     from torch._dynamo.utils import counters
@@ -124,3 +124,35 @@ def test_param_count_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     n = int(out.split("dynamics: ")[1].split(" params")[0].replace(",", ""))
     assert abs(n / 10.1e9 - 1) < 0.05
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_sessions_give_the_plain_frames(compile: bool) -> None:
+    """``sampling.cuda_graph`` (the default) runs full-window steps - the dynamics' MaskGIT fill and the
+    decoder's frame - through CapturedSteps; on a CPU they are called directly and give the same frames."""
+    if compile:
+        torch._dynamo.reset()
+    plain, graphed = tiny_genie(), tiny_genie()
+    plain.sampling = SamplingConfig(
+        steps=3, temperature=1.0, context_frames=4, cuda_graph=False, compile=compile
+    )
+    graphed.sampling = dataclasses.replace(plain.sampling, cuda_graph=True)
+    image, actions = torch.rand(3, 12, 16), [0, 1, 4, 4, 3, 2, 1]
+    want = plain.rollout(actions, prompt=image, seed=3)
+    got = graphed.rollout(actions, prompt=image, seed=3)
+    assert graphed._decode_step is not None and graphed._decode_step.calls > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
+def test_cuda_graph_play_on_gpu_matches_eager() -> None:
+    plain, graphed = tiny_genie().cuda(), tiny_genie().cuda()
+    plain.sampling = SamplingConfig(steps=3, temperature=1.0, context_frames=4, cuda_graph=False)
+    graphed.sampling = dataclasses.replace(plain.sampling, cuda_graph=True)
+    image, actions = torch.rand(3, 12, 16), [0, 1, 4, 4, 3, 2, 1, 0]
+    want = plain.rollout(actions, prompt=image, seed=3)
+    got = graphed.rollout(actions, prompt=image, seed=3)
+    assert graphed._decode_step is not None and graphed._decode_step.captured
+    assert graphed._rollout is not None and graphed._rollout._captured is not None
+    assert graphed._rollout._captured.captured
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -179,11 +179,14 @@ def play_speed(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     compiled: bool = False,
+    cuda_graph: bool = True,
+    recompute: bool = True,
 ) -> dict[str, float]:
     """Frames/s of Genie.step (25 MaskGIT steps) with and without the KV cache, 16 frames of context.
     ``dims``: ``tiny`` (d 128 x 2, the demo's model) or ``coinrun`` (d 512 x 12, App. F's dynamics).
     ``dtype``: autocast dtype (``None``: fp32). ``compiled``: ``SamplingConfig(compile=True)`` (the warm-up
-    steps compile; the timed ones run compiled)."""
+    steps compile; the timed ones run compiled). ``cuda_graph``: ``SamplingConfig(cuda_graph=...)`` (on a GPU
+    the warm-up steps capture the graphs; the timed ones replay them). ``recompute=False``: cached only."""
     import contextlib
 
     from genie.models import Genie
@@ -198,11 +201,13 @@ def play_speed(
     out: dict[str, float] = {}
     gpu = device != "cpu"
     amp = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    for cache in (True, False):
+    for cache in (True, False) if recompute else (True,):
         frames = (2 if quick else 6) if cache else (1 if quick or dims != "tiny" else 3)
         if gpu:
             frames *= 5
-        sampling = SamplingConfig(steps=25, context_frames=16, use_cache=cache, compile=compiled)
+        sampling = SamplingConfig(
+            steps=25, context_frames=16, use_cache=cache, compile=compiled, cuda_graph=cuda_graph
+        )
         genie = Genie(tok, dyn, None, sampling).eval()
         genie = genie.to(device)
         prompt = torch.rand(1, 16, 3, 64, 64)  # a full 16-frame window: the steady state of a long session
@@ -216,7 +221,8 @@ def play_speed(
                 genie.step(i % 8)
             sync(device)
         out["cached_fps" if cache else "recompute_fps"] = frames / (time.perf_counter() - start)
-    out["cache_speedup"] = out["cached_fps"] / out["recompute_fps"]
+    if recompute:
+        out["cache_speedup"] = out["cached_fps"] / out["recompute_fps"]
     return out
 
 
@@ -350,7 +356,7 @@ def gpu_dynamics_step(
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def gpu_main(out: Path) -> None:
+def gpu_main(out: Path, train: bool = True) -> None:
     name = torch.cuda.get_device_name()
     datasheet = next((v for k, v in DATASHEET_BF16.items() if k in name), None)
     peak = gpu_matmul_flops()
@@ -362,7 +368,7 @@ def gpu_main(out: Path) -> None:
         (out / "gpu_benchmark.json").write_text(json.dumps(result, indent=2))
         (out / "gpu_benchmark.md").write_text("\n".join(lines) + "\n")
 
-    for label, kwargs in (("eager", {}), ("compiled blocks", {"compile_blocks": True})):
+    for label, kwargs in (("eager", {}), ("compiled blocks", {"compile_blocks": True})) if train else ():
         try:
             r = gpu_dynamics_step(**kwargs)
         except Exception as e:  # report it and go on to the next figure
@@ -381,13 +387,29 @@ def gpu_main(out: Path) -> None:
         )
         write()
         torch.cuda.empty_cache()
-    for label, dtype in (("fp32", None), ("bf16 autocast", torch.bfloat16)):
-        pl = play_speed(False, "coinrun", device="cuda", dtype=dtype)
-        result[f"play_coinrun_{label.split()[0]}"] = pl
+    pl = play_speed(False, "coinrun", device="cuda", cuda_graph=False)
+    result["play_coinrun_fp32_eager"] = pl
+    lines.append(
+        "| play at CoinRun dims (d 512 x 12), 25 MaskGIT steps, fp32, eager (`cuda_graph: false`): cached / "
+        f"recomputed | {pl['cached_fps']:.1f} / {pl['recompute_fps']:.1f} frames/s = {pl['cache_speedup']:.1f}× |"
+    )
+    write()
+    plays = (
+        ("fp32, CUDA graph (the default)", "fp32_graph", None, False),
+        ("fp32, compiled blocks + CUDA graph", "fp32_compiled_graph", None, True),
+        ("bf16 autocast, CUDA graph", "bf16_graph", torch.bfloat16, False),
+        ("bf16 autocast, compiled blocks + CUDA graph", "bf16_compiled_graph", torch.bfloat16, True),
+    )
+    for label, key, dtype, compiled in plays:
+        try:
+            pl = play_speed(False, "coinrun", "cuda", dtype, compiled=compiled, recompute=False)
+        except Exception as e:  # report it and go on to the next figure
+            lines.append(f"| play ({label}) | failed: {type(e).__name__}: {str(e)[:160]} |")
+            write()
+            continue
+        result[f"play_coinrun_{key}"] = pl
         lines.append(
-            f"| play at CoinRun dims (d 512 x 12), 25 MaskGIT steps, {label}: cached / recomputed | "
-            f"{pl['cached_fps']:.1f} / {pl['recompute_fps']:.1f} frames/s = {pl['cache_speedup']:.1f}× "
-            "(goal ≥ 10 FPS) |"
+            f"| play at CoinRun dims, {label}: cached | {pl['cached_fps']:.1f} frames/s (goal ≥ 10 FPS) |"
         )
         write()
     print("\n".join(lines))
@@ -399,6 +421,7 @@ def main() -> None:
     p.add_argument("--out", default="bench", help="folder for benchmark.json and benchmark.md")
     p.add_argument("--quick", action="store_true", help="smaller shapes (seconds, for tests)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU figures only")
+    p.add_argument("--no-train", action="store_true", help="with --device cuda: the play figures only")
     a = p.parse_args()
     torch.manual_seed(0)
     if a.device == "cuda":
@@ -408,7 +431,7 @@ def main() -> None:
             )
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        gpu_main(out)
+        gpu_main(out, train=not a.no_train)
         return
     n = 512 if a.quick else 1024
     # This VM's speed drifts by tens of percent within minutes: each train step is timed between matmul

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genie.nn import KVCache, STConfig, STTransformer, as_st_config, compile_blocks, compiled_when
+from genie.nn.graph import CapturedStep
 
 ActionMode = Literal["add", "prepend"]
 
@@ -330,6 +331,10 @@ class SamplingConfig:
     (the dynamics model's and, in :class:`~genie.models.Genie`, the tokenizer decoder's) through
     ``torch.compile`` once the context window is full: a one-off compile of seconds, then faster steps
     (while the window fills, steps run eagerly; needs torch >= 2.6 and, on a CPU, a C++ compiler).
+    ``cuda_graph`` (with the cache, on a CUDA device, rotary or no positions) records a whole frame's
+    generation - every MaskGIT pass and the cache update - as one CUDA graph once the window is full, and
+    replays it for every later frame: the same frames, without launching each of its many small kernels
+    from Python (which sets the frame rate on a GPU). Off CUDA it changes nothing.
     """
 
     steps: int = 25
@@ -337,6 +342,7 @@ class SamplingConfig:
     context_frames: int = 16
     use_cache: bool = True
     compile: bool = False
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -397,16 +403,20 @@ def maskgit_fill(
     temperature: float,
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
+    uniforms: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """Fill one frame of ``num_tokens`` tokens from all-masked with MaskGIT.
 
     ``predict(ids_BS, positions_BM) -> logits_BMV`` gives the logits of the still-masked positions
     ``positions_BM`` (every row has the same number of them, in increasing order) given the frame ``ids_BS``.
+    ``uniforms``: the draws of each pass, ``(B, M, 1)`` for the M tokens it samples (see
+    :func:`maskgit_draws`), drawn beforehand (a replayed CUDA graph cannot draw them); by default each pass
+    draws its own from ``generator`` - the same numbers, in the same order.
     """
     device = device or torch.device("cpu")
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     pos = torch.arange(num_tokens, device=device).expand(batch, -1)  # (B, M): the masked positions
-    for n_left in maskgit_schedule(num_tokens, steps):
+    for k, n_left in enumerate(maskgit_schedule(num_tokens, steps)):
         sub = predict(ids, pos).float()  # (B, M, V)
         logp = None
         if temperature == 1.0:  # one normaliser serves the draw and the confidence
@@ -414,7 +424,7 @@ def maskgit_fill(
         if temperature > 0:  # a categorical draw from softmax(logits / temperature) by inverting its CDF:
             # one uniform per token (Gumbel-max would need one per token and code, and two logs of each)
             cdf = (logp.exp() if logp is not None else (sub / temperature).softmax(-1)).cumsum_(-1)
-            u = _uniform((batch, sub.shape[1], 1), generator, device)
+            u = uniforms[k] if uniforms is not None else _uniform((batch, sub.shape[1], 1), generator, device)
             pick = torch.searchsorted(cdf, u, right=True)[..., 0].clamp_(max=sub.shape[-1] - 1)
         else:
             pick = sub.argmax(-1)
@@ -431,6 +441,24 @@ def maskgit_fill(
     return ids
 
 
+def maskgit_draws(num_tokens: int, steps: int) -> list[int]:
+    """How many tokens each pass of :func:`maskgit_fill` samples (the sizes of its uniform draws)."""
+    sizes = [num_tokens]
+    for n_left in maskgit_schedule(num_tokens, steps)[:-1]:
+        if n_left == 0:
+            break
+        sizes.append(n_left)
+    return sizes
+
+
+def _fill_uniform(out: Tensor, generator: torch.Generator | None) -> None:
+    """``out`` ← uniform draws, the numbers ``_uniform(out.shape, generator, out.device)`` would give."""
+    if generator is None or generator.device == out.device:
+        torch.rand(out.shape, generator=generator, device=out.device, out=out)
+    else:
+        out.copy_(torch.rand(out.shape, generator=generator, device=generator.device))
+
+
 class Rollout:
     """Frame-by-frame generation state of a :class:`DynamicsModel`: the frames so far and their actions.
 
@@ -439,7 +467,9 @@ class Rollout:
     finished frame is appended once. Without it, every step recomputes the window (the last
     ``context_frames - 1`` frames, treated like a training clip: its first frame has "no action yet").
     Both give the same frames while the rollout fits in the window; past it, the cache keeps keys computed
-    with the longer history (the usual sliding-window KV cache).
+    with the longer history (the usual sliding-window KV cache). With ``sampling.cuda_graph`` the frames
+    generated once the cache is full come from one :class:`~genie.nn.graph.CapturedStep` (a CUDA graph on
+    a GPU), fed through fixed input tensors; they are the same frames.
     """
 
     def __init__(self, model: DynamicsModel, sampling: SamplingConfig | None = None) -> None:
@@ -448,6 +478,9 @@ class Rollout:
         self.frames: list[Tensor] = []  # ids_BS per frame
         self.actions: list[Tensor] = []  # the action id that produced each frame (num_actions for the first)
         self.cache: KVCache | None = None
+        self._captured: CapturedStep | None = None
+        self._static: dict[str, Tensor] = {}  # the captured step's inputs
+        self._static_uniforms: list[Tensor] = []
         if self.sampling.compile:
             compile_blocks(model, dynamic=False)
 
@@ -489,6 +522,7 @@ class Rollout:
         self.frames = list(ids.unbind(1))
         self.actions = list(acts_BT.unbind(1))
         self.cache = None
+        self._captured = None
         if self.sampling.use_cache:
             with self.compiled(False):  # a one-off shape: never worth a compile
                 self._prime()
@@ -530,6 +564,12 @@ class Rollout:
         # compiled (when asked) once every step has the same shapes: the cache or the window is full
         window = cfg.context_frames - 1
         full = (self.cache.frames if self.cache is not None else len(self.frames)) >= window
+        if full and cfg.cuda_graph and self.cache is not None and model.cfg.st.pos_emb != "learned":
+            with self.compiled(True):
+                new = self._captured_frame(actions_B, generator)
+            self.frames.append(new)
+            self.actions.append(actions_B)
+            return new.reshape(b, *model.cfg.hw)
         with self.compiled(full):
             new = maskgit_fill(
                 predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
@@ -544,3 +584,48 @@ class Rollout:
                 else:
                     model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
         return new.reshape(b, *model.cfg.hw)
+
+    def _captured_frame(self, actions_B: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A full-window cached step through the :class:`CapturedStep`: its inputs copied into fixed tensors
+        (the action, the last frame, every pass's uniform draws), then the step (replayed, on a GPU)."""
+        last = self.frames[-1]
+        if self._captured is None:
+            b, s = last.shape
+            self._static = {"actions_B1": actions_B[:, None].clone(), "last_B1S": last[:, None].clone()}
+            self._static_uniforms = []
+            if self.sampling.temperature > 0:
+                sizes = maskgit_draws(s, self.sampling.steps)
+                self._static_uniforms = [last.new_empty((b, m, 1), dtype=torch.float32) for m in sizes]
+            assert self.cache is not None
+            self._captured = CapturedStep(self._frame_from_static, [self.cache], last.device)
+        self._static["actions_B1"].copy_(actions_B[:, None])
+        self._static["last_B1S"].copy_(last[:, None])
+        for u in self._static_uniforms:
+            _fill_uniform(u, generator)
+        return self._captured().clone()
+
+    def _frame_from_static(self) -> Tensor:
+        """One cached step reading only the fixed input tensors: the new frame ``ids_BS``, cache updated."""
+        model, cfg, cache = self.model, self.sampling, self.cache
+        assert cache is not None
+        act_B1, last_B1S = self._static["actions_B1"], self._static["last_B1S"]
+        b, _, s = last_B1S.shape
+
+        def predict(ids_BS: Tensor, pos_BM: Tensor) -> Tensor:
+            return model.forward_ids(
+                ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S, positions_BM=pos_BM
+            )
+
+        uniforms = self._static_uniforms if cfg.temperature > 0 else None
+        new = maskgit_fill(
+            predict,
+            b,
+            s,
+            model.mask_id,
+            cfg.steps,
+            cfg.temperature,
+            device=last_B1S.device,
+            uniforms=uniforms,
+        )
+        model.forward_ids(new[:, None], act_B1, cache, write_cache=True)
+        return new

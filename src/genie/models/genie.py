@@ -24,6 +24,7 @@ from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, seeded
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 from genie.nn import KVCache, compile_blocks
+from genie.nn.graph import CapturedStep
 
 
 class Genie(nn.Module):
@@ -52,6 +53,8 @@ class Genie(nn.Module):
         self.sampling = sampling or SamplingConfig()
         self._rollout: Rollout | None = None
         self._decoder_cache: KVCache | None = None
+        self._decode_step: CapturedStep | None = None  # the full-window decode (sampling.cuda_graph)
+        self._decode_tokens: Tensor | None = None
         self._frames: list[Tensor] = []
         self._generator: torch.Generator | None = None
 
@@ -186,8 +189,19 @@ class Genie(nn.Module):
         if cache is None:  # learned frame positions: decode the window each time
             with rollout.compiled(steady and len(rollout.frames) >= window):
                 return self.tokenizer.decode(rollout.tokens[:, -window:])[:, -tokens_BTHW.shape[1] :]
-        with rollout.compiled(steady and cache.frames == cache.max_frames):
-            return self.tokenizer.decode(tokens_BTHW, cache)
+        full = cache.frames == cache.max_frames
+        with rollout.compiled(steady and full):
+            if not (steady and full and self.sampling.cuda_graph and tokens_BTHW.shape[1] == 1):
+                return self.tokenizer.decode(tokens_BTHW, cache)
+            # a full window: one frame at a time through a CapturedStep (a CUDA graph on a GPU)
+            if self._decode_step is None:
+                static = self._decode_tokens = tokens_BTHW.clone()
+                self._decode_step = CapturedStep(
+                    lambda: self.tokenizer.decode(static, cache), [cache], tokens_BTHW.device
+                )
+            assert self._decode_tokens is not None
+            self._decode_tokens.copy_(tokens_BTHW)
+            return self._decode_step().clone()
 
     @torch.no_grad()
     def reset(self, prompt: Any, actions: Any = None, seed: int | None = None) -> Tensor:
@@ -212,6 +226,7 @@ class Genie(nn.Module):
         self._rollout.start(tokens, prompt_actions)
         dec = self.tokenizer.cfg.dec
         self._decoder_cache = None if dec.pos_emb == "learned" else KVCache(self.sampling.context_frames)
+        self._decode_step = None
         self._generator = None
         if seed is not None:
             self._generator = seeded_generator(self.device, seed)

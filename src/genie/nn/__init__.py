@@ -12,6 +12,7 @@ from genie.nn.embed import (
     rope_frequencies,
     unpatchify,
 )
+from genie.nn.graph import CapturedStep
 from genie.nn.quantize import QuantizerOutput, VectorQuantizer
 from genie.nn.st_block import (
     MLP,
@@ -27,6 +28,7 @@ from genie.nn.st_block import (
 __all__ = [
     "MLP",
     "Attention",
+    "CapturedStep",
     "KVCache",
     "KVCacheLayer",
     "LearnedPositions",

@@ -25,7 +25,9 @@ class KVCache:
     ``position`` is the absolute index of the next frame (rotary positions keep counting when the window
     slides); ``max_frames`` keeps only the most recent frames (the model's memory). A bounded cache's buffer
     holds ``max_frames + 1`` frames however it was first filled, so every full-window step has the same
-    shapes (what a compiled step needs).
+    shapes (what a compiled step needs) and, once the window is full, the same memory: such steps can be
+    captured as a CUDA graph, reading the position from :meth:`position_tensor` (a device tensor that
+    :meth:`advance` updates in place) instead of baking it in.
     """
 
     def __init__(self, max_frames: int | None = None) -> None:
@@ -37,6 +39,15 @@ class KVCache:
         self._keys: list[Tensor] = []
         self._values: list[Tensor] = []
         self._per_frame: list[int] = []  # keys per frame of each layer
+        self._position_t: Tensor | None = None  # ``position`` on the device (see position_tensor)
+
+    def position_tensor(self, device: torch.device) -> Tensor:
+        """``position`` as a 0-d long tensor on ``device``, the same tensor from call to call (updated in place
+        by :meth:`advance`): position tables computed from it stay right when a step is replayed."""
+        t = self._position_t
+        if t is None or t.device != device:
+            t = self._position_t = torch.tensor(self.position, dtype=torch.long, device=device)
+        return t
 
     @property
     def layers(self) -> list[KV]:
@@ -47,6 +58,9 @@ class KVCache:
         ]
 
     def layer(self, index: int) -> KVCacheLayer:
+        """Layer ``index``'s view, holding that layer's buffers where they exist already."""
+        if index < len(self._keys):
+            return KVCacheLayer(self, index, self._keys[index], self._values[index])
         return KVCacheLayer(self, index)
 
     def extend(self, layer: int, k_new: Tensor, v_new: Tensor, frames: int) -> KV:
@@ -80,6 +94,8 @@ class KVCache:
         """Commit the ``frames`` new frames every layer has just written; past ``max_frames`` the oldest
         are dropped (one move of the window per commit)."""
         self.position += frames
+        if self._position_t is not None:
+            self._position_t.add_(frames)
         self.frames += frames
         if self.max_frames is not None and self.frames > self.max_frames:
             drop, keep = self.frames - self.max_frames, self.max_frames
@@ -92,17 +108,35 @@ class KVCache:
         self._keys.clear()
         self._values.clear()
         self._per_frame.clear()
+        self._position_t = None
         self.position = 0
         self.frames = 0
 
 
 class KVCacheLayer:
-    """One layer's view of a :class:`KVCache`, handed to that layer's :class:`Attention`."""
+    """One layer's view of a :class:`KVCache`, handed to that layer's :class:`Attention`.
 
-    def __init__(self, cache: KVCache, index: int) -> None:
+    Once the layer's buffers exist the view writes into them itself, without the layer's index: code that
+    ``torch.compile`` traces through it then does not depend on which layer it is, so every ST block of a
+    model shares one compiled graph (guarding on the index compiled one per block, and past dynamo's
+    recompile limit - 8 - the remaining blocks ran eagerly)."""
+
+    def __init__(
+        self, cache: KVCache, index: int, k_buf: Tensor | None = None, v_buf: Tensor | None = None
+    ) -> None:
         self.cache, self.index = cache, index
+        self.k_buf, self.v_buf = k_buf, v_buf
 
     def extend(self, k_new: Tensor, v_new: Tensor, frames: int) -> KV:
+        """As :meth:`KVCache.extend` for this layer."""
+        k_buf, v_buf = self.k_buf, self.v_buf
+        if k_buf is not None and v_buf is not None:
+            per_frame = k_new.shape[2] // frames
+            start, stop = self.cache.frames * per_frame, (self.cache.frames + frames) * per_frame
+            if k_buf.shape[2] >= stop:
+                k_buf[:, :, start:stop] = k_new
+                v_buf[:, :, start:stop] = v_new
+                return k_buf[:, :, :stop], v_buf[:, :, :stop]
         return self.cache.extend(self.index, k_new, v_new, frames)
 
 

@@ -208,7 +208,7 @@ class STTransformer(nn.Module):
         if self.positions is not None:
             x_BTSD = self.positions(x_BTSD, grid, t0, prefix)
         spatial_rope, temporal_rope, full_mask = self._position_tables(
-            t, t0, grid, past_frames, x_BTSD.device, prefix
+            t, t0, grid, past_frames, x_BTSD.device, prefix, cache
         )
         for i, block in enumerate(self.blocks):
             layer = cache.layer(i) if cache is not None else None
@@ -235,7 +235,14 @@ class STTransformer(nn.Module):
         return self.norm(x_BTSD)
 
     def _position_tables(
-        self, t: int, t0: int, grid: tuple[int, int], past_frames: int, device: torch.device, prefix: int = 0
+        self,
+        t: int,
+        t0: int,
+        grid: tuple[int, int],
+        past_frames: int,
+        device: torch.device,
+        prefix: int = 0,
+        cache: KVCache | None = None,
     ) -> tuple[Rope | None, Rope | None, Tensor | None]:
         cfg = self.cfg
         s = prefix + grid[0] * grid[1]
@@ -245,7 +252,10 @@ class STTransformer(nn.Module):
         if cfg.pos_emb != "rope":
             return None, None, full_mask
         hd = cfg.resolved_head_dim
-        frames_T = torch.arange(t0, t0 + t, device=device)
+        if cache is not None:  # read from the device (a replayed CUDA graph must not bake the position in)
+            frames_T = cache.position_tensor(device) + torch.arange(t, device=device)
+        else:
+            frames_T = torch.arange(t0, t0 + t, device=device)
         if cfg.attention == "full":
             grid_S2 = grid_positions(grid, device, prefix)
             pos_L3 = torch.cat((frames_T.repeat_interleave(s)[:, None], grid_S2.repeat(t, 1)), dim=-1)
