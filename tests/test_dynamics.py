@@ -421,3 +421,16 @@ def test_compiled_blocks_share_one_graph_whatever_the_depth() -> None:
         for i in range(5):
             rollout.step(torch.tensor([i % 4]))
         assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
+def test_failed_cuda_graph_capture_names_the_way_out_on_gpu() -> None:
+    from genie.nn import CapturedStep
+
+    x = torch.ones(3, device="cuda")
+    step = CapturedStep(
+        lambda: x * float(x.sum().item()), device=torch.device("cuda")
+    )  # a sync: not capturable
+    assert torch.equal(step(), torch.full((3,), 3.0, device="cuda"))  # the warm-up runs it eagerly
+    with pytest.raises(RuntimeError, match=r"sampling.cuda_graph=false"):
+        step()

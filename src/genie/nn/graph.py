@@ -9,6 +9,7 @@ graph and replayed with one launch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -69,14 +70,20 @@ class CapturedStep:
     def _capture(self) -> None:
         positions = [cache.position for cache in self.caches]
         graph = torch.cuda.CUDAGraph()
+        amp = (
+            torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+            if torch.is_autocast_enabled("cuda")
+            else contextlib.nullcontext()
+        )
         try:
-            if torch.is_autocast_enabled("cuda"):
-                amp = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
-                with amp, torch.cuda.graph(graph):
-                    out = self.fn()
-            else:
-                with torch.cuda.graph(graph):
-                    out = self.fn()
+            # thread_local: other threads (a web server's, say) may use CUDA while this one captures
+            with amp, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self.fn()
+        except Exception as e:
+            raise RuntimeError(
+                f"capturing the generation step as a CUDA graph failed ({type(e).__name__}: {e}); "
+                "run without it: sampling.cuda_graph=false"
+            ) from e
         finally:
             for cache, position in zip(self.caches, positions, strict=True):
                 cache.position = position
