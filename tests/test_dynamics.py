@@ -37,6 +37,20 @@ def with_random_copy_head(model: DynamicsModel) -> DynamicsModel:
     return model
 
 
+def mode_variant(mode: str, **transformer: object) -> DynamicsModel:
+    """``add`` / ``prepend`` actions, or ``copy`` (added actions and a random copy head): 2 blocks of d 32."""
+    cfg = DynamicsConfig(
+        num_codes=32,
+        grid=(3, 4),
+        num_actions=4,
+        action_mode="prepend" if mode == "prepend" else "add",
+        transformer={"dim": 32, "depth": 2, "num_heads": 4, **transformer},
+        copy_radius=1 if mode == "copy" else 0,
+    )
+    model = DynamicsModel(cfg).eval()
+    return with_random_copy_head(model) if mode == "copy" else model
+
+
 MODELS = {  # variants every causality/caching test runs on
     "add": lambda: tiny("add"),
     "prepend": lambda: tiny("prepend"),
@@ -228,17 +242,7 @@ def test_sampler_draws_from_the_tempered_softmax(temperature: float) -> None:
 @pytest.mark.parametrize("pos_emb", ["rope", "learned"])
 def test_cached_and_uncached_generation_agree(mode: str, pos_emb: str) -> None:
     torch.manual_seed(0)
-    cfg = DynamicsConfig(
-        num_codes=32,
-        grid=(3, 4),
-        num_actions=4,
-        action_mode="prepend" if mode == "prepend" else "add",
-        transformer={"dim": 32, "depth": 2, "num_heads": 4, "pos_emb": pos_emb, "max_frames": 8},
-        copy_radius=1 if mode == "copy" else 0,
-    )
-    model = DynamicsModel(cfg).eval()
-    if mode == "copy":
-        with_random_copy_head(model)
+    model = mode_variant(mode, pos_emb=pos_emb, max_frames=8)
     prompt = torch.randint(0, 32, (2, 2, 3, 4))
     prompt_actions = torch.randint(0, 4, (2, 1))
     actions = torch.randint(0, 4, (2, 4))
@@ -346,17 +350,7 @@ def test_captured_step_frames_equal_the_plain_steps(mode: str, temperature: floa
     """``sampling.cuda_graph``: full-window frames come from fixed input tensors through a CapturedStep (a CUDA
     graph on a GPU; called directly here) - the same frames as the plain step, the same sampling noise."""
     torch.manual_seed(0)
-    cfg = DynamicsConfig(
-        num_codes=32,
-        grid=(3, 4),
-        num_actions=4,
-        action_mode="prepend" if mode == "prepend" else "add",
-        transformer={"dim": 32, "depth": 2, "num_heads": 4},
-        copy_radius=1 if mode == "copy" else 0,
-    )
-    model = DynamicsModel(cfg).eval()
-    if mode == "copy":
-        with_random_copy_head(model)
+    model = mode_variant(mode)
     prompt, actions = torch.randint(0, 32, (2, 1, 3, 4)), torch.randint(0, 4, (2, 9))
     outs, rollouts = [], []
     for graph in (True, False):

@@ -544,14 +544,7 @@ class Rollout:
 
         last_B1S = self.frames[-1][:, None]  # the copy head's source (if the model has one)
         if self.cache is not None:
-            cache = self.cache
-            act_B1 = actions_B[:, None]
-
-            def predict(ids_BS: Tensor, pos_BM: Tensor) -> Tensor:
-                return model.forward_ids(
-                    ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S, positions_BM=pos_BM
-                )
-
+            predict = self._cached_predict(actions_B[:, None], last_B1S)
         else:
             past_ids, past_acts = self._window()
             acts = torch.cat((past_acts, actions_B[:, None]), 1)
@@ -585,6 +578,19 @@ class Rollout:
                     model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
         return new.reshape(b, *model.cfg.hw)
 
+    def _cached_predict(self, act_B1: Tensor, last_B1S: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        """MaskGIT's ``predict`` for a cached step: the new frame after the cache, with its action
+        (``last_B1S``, the frame before, is the copy head's source if the model has one)."""
+        model, cache = self.model, self.cache
+        assert cache is not None
+
+        def predict(ids_BS: Tensor, pos_BM: Tensor) -> Tensor:
+            return model.forward_ids(
+                ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S, positions_BM=pos_BM
+            )
+
+        return predict
+
     def _captured_frame(self, actions_B: Tensor, generator: torch.Generator | None) -> Tensor:
         """A full-window cached step through the :class:`CapturedStep`: its inputs copied into fixed tensors
         (the action, the last frame, every pass's uniform draws), then the step (replayed, on a GPU)."""
@@ -610,12 +616,7 @@ class Rollout:
         assert cache is not None
         act_B1, last_B1S = self._static["actions_B1"], self._static["last_B1S"]
         b, _, s = last_B1S.shape
-
-        def predict(ids_BS: Tensor, pos_BM: Tensor) -> Tensor:
-            return model.forward_ids(
-                ids_BS[:, None], act_B1, cache, prev_ids_BTS=last_B1S, positions_BM=pos_BM
-            )
-
+        predict = self._cached_predict(act_B1, last_B1S)
         uniforms = self._static_uniforms if cfg.temperature > 0 else None
         new = maskgit_fill(
             predict,

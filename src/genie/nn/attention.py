@@ -85,10 +85,7 @@ class KVCache:
                 self._keys.append(k_buf)
                 self._values.append(v_buf)
                 self._per_frame.append(per_frame)
-        k_buf, v_buf = self._keys[layer], self._values[layer]
-        k_buf[:, :, start:stop] = k_new
-        v_buf[:, :, start:stop] = v_new
-        return k_buf[:, :, :stop], v_buf[:, :, :stop]
+        return _write_frames(self._keys[layer], self._values[layer], k_new, v_new, start, stop)
 
     def advance(self, frames: int) -> None:
         """Commit the ``frames`` new frames every layer has just written; past ``max_frames`` the oldest
@@ -134,10 +131,15 @@ class KVCacheLayer:
             per_frame = k_new.shape[2] // frames
             start, stop = self.cache.frames * per_frame, (self.cache.frames + frames) * per_frame
             if k_buf.shape[2] >= stop:
-                k_buf[:, :, start:stop] = k_new
-                v_buf[:, :, start:stop] = v_new
-                return k_buf[:, :, :stop], v_buf[:, :, :stop]
+                return _write_frames(k_buf, v_buf, k_new, v_new, start, stop)
         return self.cache.extend(self.index, k_new, v_new, frames)
+
+
+def _write_frames(k_buf: Tensor, v_buf: Tensor, k_new: Tensor, v_new: Tensor, start: int, stop: int) -> KV:
+    """Write new keys/values into slots ``start:stop`` of a layer's buffers; the keys/values up to ``stop``."""
+    k_buf[:, :, start:stop] = k_new
+    v_buf[:, :, start:stop] = v_new
+    return k_buf[:, :, :stop], v_buf[:, :, :stop]
 
 
 QKNorm = Literal["layer", "rms", "none"]
