@@ -541,6 +541,15 @@ class Rollout:
         if actions_B.min() < 0 or actions_B.max() >= na:
             raise ValueError(f"action ids must be in [0, {na}), got {actions_B.tolist()}")
         s = self.frames[0].shape[1]
+        # compiled (when asked) once every step has the same shapes: the cache or the window is full
+        window = cfg.context_frames - 1
+        full = (self.cache.frames if self.cache is not None else len(self.frames)) >= window
+        if full and cfg.cuda_graph and self.cache is not None and model.cfg.st.pos_emb != "learned":
+            with self.compiled(True):
+                new = self._captured_frame(actions_B, generator)
+            self.frames.append(new)
+            self.actions.append(actions_B)
+            return new.reshape(b, *model.cfg.hw)
 
         last_B1S = self.frames[-1][:, None]  # the copy head's source (if the model has one)
         if self.cache is not None:
@@ -554,15 +563,6 @@ class Rollout:
                 ids = torch.cat((past_ids, ids_BS[:, None]), 1)
                 return model.forward_ids(ids, acts, prev_ids_BTS=prev, positions_BM=pos_BM)
 
-        # compiled (when asked) once every step has the same shapes: the cache or the window is full
-        window = cfg.context_frames - 1
-        full = (self.cache.frames if self.cache is not None else len(self.frames)) >= window
-        if full and cfg.cuda_graph and self.cache is not None and model.cfg.st.pos_emb != "learned":
-            with self.compiled(True):
-                new = self._captured_frame(actions_B, generator)
-            self.frames.append(new)
-            self.actions.append(actions_B)
-            return new.reshape(b, *model.cfg.hw)
         with self.compiled(full):
             new = maskgit_fill(
                 predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device

@@ -66,26 +66,29 @@ class KVCache:
     def extend(self, layer: int, k_new: Tensor, v_new: Tensor, frames: int) -> KV:
         """Write ``frames`` new frames' keys/values of ``layer`` after the cached ones (not yet committed);
         returns the keys/values to attend over: the cached frames' followed by the new ones."""
+        return self.layer(layer).extend(k_new, v_new, frames)
+
+    def _buffers(self, layer: int, k_new: Tensor, v_new: Tensor, frames: int) -> tuple[Tensor, Tensor]:
+        """``layer``'s buffers, allocated (or grown, keeping what is cached) to hold ``frames`` more frames."""
         per_frame = k_new.shape[2] // frames
-        start, stop = self.frames * per_frame, (self.frames + frames) * per_frame
+        start = self.frames * per_frame
         if layer > len(self._keys):
             raise ValueError(f"cache layers are filled in order: got layer {layer} of {len(self._keys)}")
-        if layer == len(self._keys) or self._keys[layer].shape[2] < stop:
-            if self.max_frames is not None:  # the window + one new frame: the same size however it was filled
-                keep = max(self.max_frames + 1, self.frames + frames)
-            else:  # unbounded: grow by doubling
-                keep = 2 * self.frames + frames
-            shape = (*k_new.shape[:2], keep * per_frame, k_new.shape[3])
-            k_buf, v_buf = k_new.new_empty(shape), v_new.new_empty(shape)
-            if layer < len(self._keys):  # grow, keeping what is cached
-                k_buf[:, :, :start] = self._keys[layer][:, :, :start]
-                v_buf[:, :, :start] = self._values[layer][:, :, :start]
-                self._keys[layer], self._values[layer] = k_buf, v_buf
-            else:
-                self._keys.append(k_buf)
-                self._values.append(v_buf)
-                self._per_frame.append(per_frame)
-        return _write_frames(self._keys[layer], self._values[layer], k_new, v_new, start, stop)
+        if self.max_frames is not None:  # the window + one new frame: the same size however it was filled
+            keep = max(self.max_frames + 1, self.frames + frames)
+        else:  # unbounded: grow by doubling
+            keep = 2 * self.frames + frames
+        shape = (*k_new.shape[:2], keep * per_frame, k_new.shape[3])
+        k_buf, v_buf = k_new.new_empty(shape), v_new.new_empty(shape)
+        if layer < len(self._keys):  # grow, keeping what is cached
+            k_buf[:, :, :start] = self._keys[layer][:, :, :start]
+            v_buf[:, :, :start] = self._values[layer][:, :, :start]
+            self._keys[layer], self._values[layer] = k_buf, v_buf
+        else:
+            self._keys.append(k_buf)
+            self._values.append(v_buf)
+            self._per_frame.append(per_frame)
+        return k_buf, v_buf
 
     def advance(self, frames: int) -> None:
         """Commit the ``frames`` new frames every layer has just written; past ``max_frames`` the oldest
@@ -126,20 +129,13 @@ class KVCacheLayer:
 
     def extend(self, k_new: Tensor, v_new: Tensor, frames: int) -> KV:
         """As :meth:`KVCache.extend` for this layer."""
-        k_buf, v_buf = self.k_buf, self.v_buf
-        if k_buf is not None and v_buf is not None:
-            per_frame = k_new.shape[2] // frames
-            start, stop = self.cache.frames * per_frame, (self.cache.frames + frames) * per_frame
-            if k_buf.shape[2] >= stop:
-                return _write_frames(k_buf, v_buf, k_new, v_new, start, stop)
-        return self.cache.extend(self.index, k_new, v_new, frames)
-
-
-def _write_frames(k_buf: Tensor, v_buf: Tensor, k_new: Tensor, v_new: Tensor, start: int, stop: int) -> KV:
-    """Write new keys/values into slots ``start:stop`` of a layer's buffers; the keys/values up to ``stop``."""
-    k_buf[:, :, start:stop] = k_new
-    v_buf[:, :, start:stop] = v_new
-    return k_buf[:, :, :stop], v_buf[:, :, :stop]
+        per_frame = k_new.shape[2] // frames
+        start, stop = self.cache.frames * per_frame, (self.cache.frames + frames) * per_frame
+        if self.k_buf is None or self.v_buf is None or self.k_buf.shape[2] < stop:
+            self.k_buf, self.v_buf = self.cache._buffers(self.index, k_new, v_new, frames)
+        self.k_buf[:, :, start:stop] = k_new
+        self.v_buf[:, :, start:stop] = v_new
+        return self.k_buf[:, :, :stop], self.v_buf[:, :, :stop]
 
 
 QKNorm = Literal["layer", "rms", "none"]

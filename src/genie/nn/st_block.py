@@ -203,13 +203,9 @@ class STTransformer(nn.Module):
                 f"x has {s} tokens per frame but grid {grid} with {prefix} prefix tokens has "
                 f"{prefix + grid[0] * grid[1]}"
             )
-        t0 = cache.position if cache is not None else 0
-        past_frames = cache.frames if cache is not None else 0
         if self.positions is not None:
-            x_BTSD = self.positions(x_BTSD, grid, t0, prefix)
-        spatial_rope, temporal_rope, full_mask = self._position_tables(
-            t, t0, grid, past_frames, x_BTSD.device, prefix, cache
-        )
+            x_BTSD = self.positions(x_BTSD, grid, cache.position if cache is not None else 0, prefix)
+        spatial_rope, temporal_rope, full_mask = self._position_tables(t, grid, x_BTSD.device, prefix, cache)
         for i, block in enumerate(self.blocks):
             layer = cache.layer(i) if cache is not None else None
             if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
@@ -237,25 +233,25 @@ class STTransformer(nn.Module):
     def _position_tables(
         self,
         t: int,
-        t0: int,
         grid: tuple[int, int],
-        past_frames: int,
         device: torch.device,
         prefix: int = 0,
         cache: KVCache | None = None,
     ) -> tuple[Rope | None, Rope | None, Tensor | None]:
+        """Rotary tables (spatial, temporal) and full attention's block-causal mask for ``t`` frames after the
+        ``cache``'s (if any)."""
         cfg = self.cfg
         s = prefix + grid[0] * grid[1]
         full_mask = None
         if cfg.attention == "full" and cfg.causal and (t > 1):
+            past_frames = cache.frames if cache is not None else 0
             full_mask = block_causal_mask(t, past_frames + t, s, device)
         if cfg.pos_emb != "rope":
             return None, None, full_mask
         hd = cfg.resolved_head_dim
+        frames_T = torch.arange(t, device=device)
         if cache is not None:  # read from the device (a replayed CUDA graph must not bake the position in)
-            frames_T = cache.position_tensor(device) + torch.arange(t, device=device)
-        else:
-            frames_T = torch.arange(t0, t0 + t, device=device)
+            frames_T = cache.position_tensor(device) + frames_T
         if cfg.attention == "full":
             grid_S2 = grid_positions(grid, device, prefix)
             pos_L3 = torch.cat((frames_T.repeat_interleave(s)[:, None], grid_S2.repeat(t, 1)), dim=-1)
