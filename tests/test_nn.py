@@ -195,6 +195,34 @@ def test_rope_scores_depend_only_on_relative_position() -> None:
     assert not torch.allclose(score(3, 1), score(3, 2))
 
 
+@pytest.mark.parametrize("mode", ["st", "full"])
+def test_position_tables_are_kept_and_right(mode: str) -> None:
+    """The shape-only tables are computed once per grid/prefix/device; every call's tables equal fresh ones."""
+    model = tiny(mode)
+    cache = KVCache()
+    cache.position = 5
+    cpu = torch.device("cpu")
+    first = model._position_tables(2, (3, 4), cpu, 1, cache)
+    again = model._position_tables(2, (3, 4), cpu, 1, cache)
+    if mode == "st":
+        assert first[0] is not None and again[0] is not None
+        assert first[0][0] is again[0][0]  # the spatial table, kept
+    fresh = STTransformer(model.cfg)._position_tables(2, (3, 4), cpu, 1, cache)
+    for got, want in zip(again, fresh, strict=True):
+        if isinstance(want, tuple):
+            assert isinstance(got, tuple)
+            for a, b in zip(got, want, strict=True):
+                torch.testing.assert_close(a, b)
+        else:
+            assert (got is None) == (want is None)
+    cache.advance(4)  # the temporal tables follow the cache's position: 9 now
+    moved = model._position_tables(1, (3, 4), cpu, 1, cache)
+    frames = torch.tensor([[9]]) if mode == "st" else None
+    if frames is not None:
+        assert moved[1] is not None
+        torch.testing.assert_close(moved[1][0], rope_frequencies(frames, model.cfg.resolved_head_dim)[0])
+
+
 @pytest.mark.parametrize("pos", POS)
 @pytest.mark.parametrize("mode", MODES)
 def test_kv_cache_matches_uncached(mode: str, pos: str) -> None:

@@ -418,12 +418,10 @@ def maskgit_fill(
     pos = torch.arange(num_tokens, device=device).expand(batch, -1)  # (B, M): the masked positions
     for k, n_left in enumerate(maskgit_schedule(num_tokens, steps)):
         sub = predict(ids, pos).float()  # (B, M, V)
-        logp = None
-        if temperature == 1.0:  # one normaliser serves the draw and the confidence
-            logp = sub.log_softmax(-1)
+        logp = sub.log_softmax(-1)  # untempered: the confidence (at temperature 1, the draw's too)
         if temperature > 0:  # a categorical draw from softmax(logits / temperature) by inverting its CDF:
             # one uniform per token (Gumbel-max would need one per token and code, and two logs of each)
-            cdf = (logp.exp() if logp is not None else (sub / temperature).softmax(-1)).cumsum_(-1)
+            cdf = (logp.exp() if temperature == 1.0 else (sub / temperature).softmax(-1)).cumsum_(-1)
             u = uniforms[k] if uniforms is not None else _uniform((batch, sub.shape[1], 1), generator, device)
             pick = torch.searchsorted(cdf, u, right=True)[..., 0].clamp_(max=sub.shape[-1] - 1)
         else:
@@ -432,10 +430,7 @@ def maskgit_fill(
         if n_left == 0:
             break
         # re-mask the n_left draws the model is least sure of: log p(pick), untempered
-        if logp is not None:
-            conf_m = logp.gather(-1, pick[..., None])[..., 0]
-        else:
-            conf_m = sub.gather(-1, pick[..., None])[..., 0] - sub.logsumexp(-1)
+        conf_m = logp.gather(-1, pick[..., None])[..., 0]
         pos = pos.gather(1, conf_m.topk(n_left, dim=1, largest=False).indices).sort(dim=1).values
         ids = ids.scatter(1, pos, mask_id)
     return ids

@@ -62,21 +62,31 @@ class LearnedPositions(nn.Module):
         return x_BTSD + spatial_SD[None, None] + frames_TD[None, :, None]
 
 
-def rope_frequencies(positions_LA: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+def rope_inv_freq(
+    head_dim: int, n_axes: int, base: float = 10000.0, device: torch.device | None = None
+) -> Tensor:
+    """The rotation rate of each channel pair of one axis (``head_dim/(2·n_axes)`` of them), as
+    :func:`rope_frequencies` uses them."""
+    per_axis = head_dim // 2 // n_axes
+    if per_axis == 0:
+        raise ValueError(f"head_dim {head_dim} is too small for rotary positions over {n_axes} axes")
+    return 1.0 / (base ** (torch.arange(per_axis, dtype=torch.float32, device=device) / per_axis))
+
+
+def rope_frequencies(
+    positions_LA: Tensor, head_dim: int, base: float = 10000.0, inv_freq: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Rotary tables for L positions with A axes (1 = time, 2 = rows×cols): returns ``cos_LK, sin_LK``.
 
     The head dimension is split evenly between the axes; each axis rotates head_dim/(2A) channel pairs
     (channel i with channel i + head_dim/2). The tables span the whole head: ``sin_LK`` carries the sign of
-    each half, so a rotation is ``x·cos + swap_halves(x)·sin`` (:func:`apply_rope`).
+    each half, so a rotation is ``x·cos + swap_halves(x)·sin`` (:func:`apply_rope`). ``inv_freq``:
+    :func:`rope_inv_freq` of these arguments, computed beforehand (else here).
     """
     n_axes = positions_LA.shape[-1]
     pairs = head_dim // 2
-    per_axis = pairs // n_axes
-    if per_axis == 0:
-        raise ValueError(f"head_dim {head_dim} is too small for rotary positions over {n_axes} axes")
-    inv_freq = 1.0 / (
-        base ** (torch.arange(per_axis, dtype=torch.float32, device=positions_LA.device) / per_axis)
-    )
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(head_dim, n_axes, base, positions_LA.device)
     angles = [positions_LA[:, a, None].float() * inv_freq[None] for a in range(n_axes)]
     angles_LP = torch.cat(angles, dim=-1)
     # Leftover pairs (when pairs is not a multiple of the axis count) are not rotated: angle 0.

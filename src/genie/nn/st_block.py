@@ -9,7 +9,7 @@ one attention over all T·S tokens, block-causal in time).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from genie.nn.attention import Attention, KVCache, KVCacheLayer, QKNorm, Rope, resolve_qk_norm
-from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies
+from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies, rope_inv_freq
 
 AttentionMode = Literal["st", "spatial", "full"]
 MLPKind = Literal["gelu", "swiglu"]
@@ -181,6 +181,7 @@ class STTransformer(nn.Module):
         )
         self.blocks = nn.ModuleList(STBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
+        self._tables: dict[tuple[Any, ...], Any] = {}  # position tables that depend on shapes only
 
     def forward(
         self,
@@ -248,17 +249,36 @@ class STTransformer(nn.Module):
             full_mask = block_causal_mask(t, past_frames + t, s, device)
         if cfg.pos_emb != "rope":
             return None, None, full_mask
-        hd = cfg.resolved_head_dim
-        frames_T = torch.arange(t, device=device)
+        hd, base = cfg.resolved_head_dim, cfg.rope_base
+        frames_T = self._table(("frames", t, device), lambda: torch.arange(t, device=device))
         if cache is not None:  # read from the device (a replayed CUDA graph must not bake the position in)
             frames_T = cache.position_tensor(device) + frames_T
         if cfg.attention == "full":
-            grid_S2 = grid_positions(grid, device, prefix)
+            grid_S2 = self._table(
+                ("grid", grid, prefix, device), lambda: grid_positions(grid, device, prefix)
+            )
             pos_L3 = torch.cat((frames_T.repeat_interleave(s)[:, None], grid_S2.repeat(t, 1)), dim=-1)
-            return rope_frequencies(pos_L3, hd, cfg.rope_base), None, full_mask
-        spatial = rope_frequencies(grid_positions(grid, device, prefix), hd, cfg.rope_base)
-        temporal = rope_frequencies(frames_T[:, None], hd, cfg.rope_base)
+            return rope_frequencies(pos_L3, hd, base), None, full_mask
+        spatial = self._table(
+            ("spatial", grid, prefix, device),
+            lambda: rope_frequencies(grid_positions(grid, device, prefix), hd, base),
+        )
+        inv_freq = self._table(("inv_freq", device), lambda: rope_inv_freq(hd, 1, base, device))
+        temporal = rope_frequencies(frames_T[:, None], hd, base, inv_freq)
         return spatial, temporal, full_mask
+
+    def _table(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """``make()``, kept under ``key`` after the first call (a step of generation or training runs the same
+        shapes again and again): not while ``torch.compile`` traces this or a CUDA graph records it - a
+        recording runs nothing, so the tensors it returned would hold no values outside a replay."""
+        if torch.compiler.is_compiling() or (
+            key[-1].type == "cuda" and torch.cuda.is_current_stream_capturing()
+        ):
+            return make()
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = make()
+        return table
 
     @staticmethod
     def param_formula(cfg: STConfig) -> int:
