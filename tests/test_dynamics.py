@@ -127,6 +127,8 @@ def test_copy_head_mixes_in_shifted_previous_tokens() -> None:
         strict=True,
     ):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # (inference skips what only the gradients need)
+        torch.testing.assert_close(small._mix_copies(logits, copy, prev[:, :, small.copy_index]), want)
     # continuing from a cache needs the previous frame
     cache = KVCache()
     model(tokens[:, :2], actions[:, :1], cache=cache, write_cache=True)

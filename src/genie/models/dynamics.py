@@ -253,11 +253,12 @@ class DynamicsModel(nn.Module):
         same_NKK = src_NK[..., :, None] == src_NK[..., None, :]
         mass_NK = (same_NKK * weights_NK[..., None, :]).sum(-1)  # copy mass landing on id src_k
         at_src_NK = _logaddexp(logp_NV.gather(-1, src_NK), mass_NK.clamp_min(1e-30).log())
-        # offsets naming an id already named by an earlier one write the same value, detached: the gradient
-        # of each output reaches it once (scatter's backward hands it to every writer)
-        earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_NK.device).tril(-1)
-        repeat_NK = (same_NKK & earlier_KK).any(-1)
-        at_src_NK = torch.where(repeat_NK, at_src_NK.detach(), at_src_NK)
+        if at_src_NK.requires_grad:
+            # offsets naming an id already named by an earlier one write the same value, detached: the
+            # gradient of each output reaches it once (scatter's backward hands it to every writer)
+            earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_NK.device).tril(-1)
+            repeat_NK = (same_NKK & earlier_KK).any(-1)
+            at_src_NK = torch.where(repeat_NK, at_src_NK.detach(), at_src_NK)
         return logp_NV.scatter(-1, src_NK, at_src_NK)
 
     def random_mask(self, b: int, t: int, generator: torch.Generator | None = None) -> Tensor:
@@ -375,7 +376,10 @@ def masked_cross_entropy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Ten
 
 
 def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
-    """log(exp(a) + exp(b)), stable (torch.logaddexp has no XLA lowering: it would run on the host)."""
+    """log(exp(a) + exp(b)), stable: torch's fused op on CPU and CUDA, elsewhere spelled out (torch.logaddexp
+    has no XLA lowering: it would run on the host)."""
+    if a.device.type in ("cpu", "cuda"):
+        return torch.logaddexp(a, b)
     m = torch.maximum(a, b)
     return m + ((a - m).exp() + (b - m).exp()).log()
 
@@ -404,11 +408,13 @@ def maskgit_fill(
     generator: torch.Generator | None = None,
     device: torch.device | None = None,
     uniforms: Sequence[Tensor] | None = None,
+    log_probs: bool = False,
 ) -> Tensor:
     """Fill one frame of ``num_tokens`` tokens from all-masked with MaskGIT.
 
     ``predict(ids_BS, positions_BM) -> logits_BMV`` gives the logits of the still-masked positions
-    ``positions_BM`` (every row has the same number of them, in increasing order) given the frame ``ids_BS``.
+    ``positions_BM`` (every row has the same number of them, in increasing order) given the frame ``ids_BS``;
+    with ``log_probs`` they are log-probabilities already (a copy-head model's), used as they are.
     ``uniforms``: the draws of each pass, ``(B, M, 1)`` for the M tokens it samples (see
     :func:`maskgit_draws`), drawn beforehand (a replayed CUDA graph cannot draw them); by default each pass
     draws its own from ``generator`` - the same numbers, in the same order.
@@ -418,7 +424,8 @@ def maskgit_fill(
     pos = torch.arange(num_tokens, device=device).expand(batch, -1)  # (B, M): the masked positions
     for k, n_left in enumerate(maskgit_schedule(num_tokens, steps)):
         sub = predict(ids, pos).float()  # (B, M, V)
-        logp = sub.log_softmax(-1)  # untempered: the confidence (at temperature 1, the draw's too)
+        # untempered log-probabilities: the confidence (at temperature 1, the draw's too)
+        logp = sub if log_probs else sub.log_softmax(-1)
         if temperature > 0:  # a categorical draw from softmax(logits / temperature) by inverting its CDF:
             # one uniform per token (Gumbel-max would need one per token and code, and two logs of each)
             cdf = (logp.exp() if temperature == 1.0 else (sub / temperature).softmax(-1)).cumsum_(-1)
@@ -560,7 +567,15 @@ class Rollout:
 
         with self.compiled(full):
             new = maskgit_fill(
-                predict, b, s, model.mask_id, cfg.steps, cfg.temperature, generator, self.frames[0].device
+                predict,
+                b,
+                s,
+                model.mask_id,
+                cfg.steps,
+                cfg.temperature,
+                generator,
+                self.frames[0].device,
+                log_probs=model.copy_head is not None,
             )
             self.frames.append(new)
             self.actions.append(actions_B)
@@ -622,6 +637,7 @@ class Rollout:
             cfg.temperature,
             device=last_B1S.device,
             uniforms=uniforms,
+            log_probs=model.copy_head is not None,
         )
         model.forward_ids(new[:, None], act_B1, cache, write_cache=True)
         return new
