@@ -183,7 +183,8 @@ def play_speed(
     recompute: bool = True,
 ) -> dict[str, float]:
     """Frames/s of Genie.step (25 MaskGIT steps) with and without the KV cache, 16 frames of context.
-    ``dims``: ``tiny`` (d 128 x 2, the demo's model) or ``coinrun`` (d 512 x 12, App. F's dynamics).
+    ``dims``: ``tiny`` (d 128 x 2: the demo's dynamics width and depth, without its copy head; temperature 2)
+    or ``coinrun`` (d 512 x 12, App. F's dynamics).
     ``dtype``: autocast dtype (``None``: fp32). ``compiled``: ``SamplingConfig(compile=True)`` (the warm-up
     steps compile; the timed ones run compiled). ``cuda_graph``: ``SamplingConfig(cuda_graph=...)`` (on a GPU
     the warm-up steps capture the graphs; the timed ones replay them). ``recompute=False``: cached only."""
