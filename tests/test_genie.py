@@ -144,6 +144,26 @@ def test_cuda_graph_sessions_give_the_plain_frames(compile: bool) -> None:
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_precision_plays_under_autocast() -> None:
+    """``sampling.precision=bf16``: the dynamics and the decoder run under autocast (their caches hold bf16
+    keys/values), the prompt is tokenized in fp32 (its reconstruction stays close to the fp32 session's), and
+    frames come back as fp32 in [0, 1]."""
+    plain, half = tiny_genie(), tiny_genie()
+    half.sampling = dataclasses.replace(plain.sampling, precision="bf16")
+    image, actions = torch.rand(3, 12, 16), [0, 1, 4, 4, 3]
+    video = half.rollout(actions, prompt=image, seed=3)
+    assert video.dtype == torch.float32 and video.shape == (1, 6, 3, 12, 16)
+    assert video.min() >= 0 and video.max() <= 1
+    assert half._rollout is not None and half._rollout.cache is not None
+    assert all(k.dtype == torch.bfloat16 for k, _ in half._rollout.cache.layers)
+    assert half._decoder_cache is not None
+    assert all(k.dtype == torch.bfloat16 for k, _ in half._decoder_cache.layers)
+    want = plain.rollout(actions, prompt=image, seed=3)
+    torch.testing.assert_close(video[:, 0], want[:, 0], rtol=0, atol=0.05)  # the prompt's reconstruction
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SamplingConfig(precision="fp8")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine)")
 def test_cuda_graph_play_on_gpu_matches_eager() -> None:
     plain, graphed = tiny_genie().cuda(), tiny_genie().cuda()

@@ -177,7 +177,7 @@ def play_speed(
     quick: bool,
     dims: str = "tiny",
     device: str = "cpu",
-    dtype: torch.dtype | None = None,
+    precision: str = "fp32",
     compiled: bool = False,
     cuda_graph: bool = True,
     recompute: bool = True,
@@ -185,14 +185,13 @@ def play_speed(
     """Frames/s of Genie.step (25 MaskGIT steps) with and without the KV cache, 16 frames of context.
     ``dims``: ``tiny`` (d 128 x 2: the demo's dynamics width and depth, without its copy head; temperature 2)
     or ``coinrun`` (d 512 x 12, App. F's dynamics).
-    ``dtype``: autocast dtype (``None``: fp32). ``compiled``: ``SamplingConfig(compile=True)`` (the warm-up
+    ``precision``: ``SamplingConfig(precision=...)`` (``bf16``: autocast). ``compiled``: ``SamplingConfig(compile=True)`` (the warm-up
     steps compile; the timed ones run compiled). ``cuda_graph``: ``SamplingConfig(cuda_graph=...)`` (on a GPU
     the warm-up steps capture the graphs; the timed ones replay them). ``recompute=False``: cached only.
 
     The cached and the recomputing session take turns (at tiny dims, 3 rounds of 2 cached frames and 1
     recomputed one; each figure from the median round), so a drift in this machine's speed moves both figures
     and not their ratio."""
-    import contextlib
     import statistics
 
     from genie.models import Genie
@@ -205,32 +204,35 @@ def play_speed(
     )
     dyn = DynamicsModel(DynamicsConfig(num_codes=1024, grid=(16, 16), num_actions=8, transformer=dyn_st))
     gpu = device != "cpu"
-    amp = torch.autocast(device, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     # a CoinRun-dims window recompute takes ~1 min per frame on the CPU: one round there
     rounds = 1 if quick or (dims != "tiny" and not gpu) else 3
     frames = {True: 2 if rounds > 1 or quick else 6, False: 1}  # per round
     prompt = torch.rand(1, 16, 3, 64, 64)  # a full 16-frame window: the steady state of a long session
     sessions: dict[bool, Genie] = {}
-    with amp:
-        for cache in (True, False) if recompute else (True,):
-            sampling = SamplingConfig(
-                steps=25, context_frames=16, use_cache=cache, compile=compiled, cuda_graph=cuda_graph
-            )
-            genie = Genie(tok, dyn, None, sampling).eval().to(device)
-            genie.reset(prompt, actions=torch.zeros(1, 15, dtype=torch.long), seed=0)
-            genie.step(0)  # warm-up (a compile or a CUDA graph capture, when asked)
-            genie.step(1)
-            sessions[cache] = genie
-        seconds: dict[bool, list[float]] = {cache: [] for cache in sessions}
-        for _ in range(rounds):
-            for cache, genie in sessions.items():
-                n = frames[cache] * (5 if gpu else 1)
-                sync(device)
-                start = time.perf_counter()
-                for i in range(n):
-                    genie.step(i % 8)
-                sync(device)
-                seconds[cache].append((time.perf_counter() - start) / n)
+    for cache in (True, False) if recompute else (True,):
+        sampling = SamplingConfig(
+            steps=25,
+            context_frames=16,
+            use_cache=cache,
+            compile=compiled,
+            cuda_graph=cuda_graph,
+            precision=precision,
+        )
+        genie = Genie(tok, dyn, None, sampling).eval().to(device)
+        genie.reset(prompt, actions=torch.zeros(1, 15, dtype=torch.long), seed=0)
+        genie.step(0)  # warm-up (a compile or a CUDA graph capture, when asked)
+        genie.step(1)
+        sessions[cache] = genie
+    seconds: dict[bool, list[float]] = {cache: [] for cache in sessions}
+    for _ in range(rounds):
+        for cache, genie in sessions.items():
+            n = frames[cache] * (5 if gpu else 1)
+            sync(device)
+            start = time.perf_counter()
+            for i in range(n):
+                genie.step(i % 8)
+            sync(device)
+            seconds[cache].append((time.perf_counter() - start) / n)
     out = {
         "cached_fps" if cache else "recompute_fps": 1 / statistics.median(s) for cache, s in seconds.items()
     }
@@ -408,14 +410,14 @@ def gpu_main(out: Path, train: bool = True) -> None:
     )
     write()
     plays = (
-        ("fp32, CUDA graph (the default)", "fp32_graph", None, False),
-        ("fp32, compiled blocks + CUDA graph", "fp32_compiled_graph", None, True),
-        ("bf16 autocast, CUDA graph", "bf16_graph", torch.bfloat16, False),
-        ("bf16 autocast, compiled blocks + CUDA graph", "bf16_compiled_graph", torch.bfloat16, True),
+        ("fp32, CUDA graph (the default)", "fp32_graph", "fp32", False),
+        ("fp32, compiled blocks + CUDA graph", "fp32_compiled_graph", "fp32", True),
+        ("bf16 (`sampling.precision`), CUDA graph", "bf16_graph", "bf16", False),
+        ("bf16 (`sampling.precision`), compiled blocks + CUDA graph", "bf16_compiled_graph", "bf16", True),
     )
-    for label, key, dtype, compiled in plays:
+    for label, key, precision, compiled in plays:
         try:
-            pl = play_speed(False, "coinrun", "cuda", dtype, compiled=compiled, recompute=False)
+            pl = play_speed(False, "coinrun", "cuda", precision, compiled=compiled, recompute=False)
         except Exception as e:  # report it and go on to the next figure
             lines.append(f"| play ({label}) | failed: {type(e).__name__}: {str(e)[:160]} |")
             write()

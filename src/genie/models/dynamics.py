@@ -337,6 +337,10 @@ class SamplingConfig:
     generation - every MaskGIT pass and the cache update - as one CUDA graph once the window is full, and
     replays it for every later frame: the same frames, without launching each of its many small kernels
     from Python (which sets the frame rate on a GPU). Off CUDA it changes nothing.
+    ``precision``: ``fp32``, or ``bf16`` / ``fp16`` to run the networks under ``torch.autocast`` (the keys and
+    values cached in that dtype; the sampling itself stays fp32): on an H100 the CoinRun-size model with
+    compiled blocks and the CUDA graph plays at 26 frames/s in bf16, 16.7 in fp32 (README); the frames differ
+    by rounding.
     """
 
     steps: int = 25
@@ -345,8 +349,13 @@ class SamplingConfig:
     use_cache: bool = True
     compile: bool = False
     cuda_graph: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in _AUTOCAST_DTYPES:
+            raise ValueError(
+                f"sampling precision must be one of {sorted(_AUTOCAST_DTYPES)}, got {self.precision!r}"
+            )
         if self.steps < 1:
             raise ValueError(f"sampling steps must be >= 1, got {self.steps}")
         if self.temperature < 0:
@@ -355,6 +364,27 @@ class SamplingConfig:
             raise ValueError(
                 f"context_frames must be >= 2 (a past frame and the new one), got {self.context_frames}"
             )
+
+    def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+        """The ``precision``'s autocast context on ``device`` (nothing for fp32)."""
+        dtype = _AUTOCAST_DTYPES[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        device_type = torch.device(device).type
+        try:
+            return torch.autocast(device_type, dtype=dtype)
+        except RuntimeError as err:  # a device type autocast does not know
+            raise ValueError(
+                f"sampling precision {self.precision} needs torch.autocast on {device_type}, which fails "
+                f"({str(err).splitlines()[0]}); use sampling.precision=fp32"
+            ) from None
+
+
+_AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 def maskgit_schedule(num_tokens: int, steps: int) -> list[int]:
@@ -527,7 +557,8 @@ class Rollout:
         self.cache = None
         self._captured = None
         if self.sampling.use_cache:
-            with self.compiled(False):  # a one-off shape: never worth a compile
+            # a one-off shape: never worth a compile
+            with self.compiled(False), self.sampling.autocast(ids.device):
                 self._prime()
 
     @torch.no_grad()
@@ -535,6 +566,10 @@ class Rollout:
         """Generate the next frame from ``actions_B`` (one action id per batch row); returns ``tokens_BHW``."""
         if not self.frames:
             raise RuntimeError("call start(prompt_tokens) before step()")
+        with self.sampling.autocast(self.frames[0].device):
+            return self._step(actions_B, generator)
+
+    def _step(self, actions_B: Tensor, generator: torch.Generator | None) -> Tensor:
         model, cfg = self.model, self.sampling
         b = self.frames[0].shape[0]
         actions_B = torch.as_tensor(actions_B, device=self.frames[0].device).long().reshape(-1)

@@ -208,7 +208,8 @@ class Genie(nn.Module):
         """Start a session from a prompt image (or frames); returns the current frame ``frame_BCHW``.
 
         For a multi-frame prompt the actions between its frames are ``actions`` (B, T-1) or inferred by the LAM.
-        ``seed`` makes the following steps reproducible.
+        ``seed`` makes the following steps reproducible. (The prompt is tokenized in fp32 whatever
+        ``sampling.precision``: that precision is for the dynamics and the decoder.)
         """
         video = self.to_video(prompt)
         b, t = video.shape[:2]
@@ -230,7 +231,8 @@ class Genie(nn.Module):
         self._generator = None
         if seed is not None:
             self._generator = seeded_generator(self.device, seed)
-        self._frames = list(self._decode(tokens, steady=False).unbind(1))
+        with self.sampling.autocast(self.device):
+            self._frames = list(self._decode(tokens, steady=False).float().unbind(1))
         return self._frames[-1]
 
     @torch.no_grad()
@@ -240,7 +242,8 @@ class Genie(nn.Module):
             raise RuntimeError("call reset(prompt) before step(action)")
         b = self._frames[0].shape[0]
         tokens = self._rollout.step(self._actions(action, b), self._generator)
-        frame = self._decode(tokens[:, None])[:, 0]
+        with self.sampling.autocast(self.device):
+            frame = self._decode(tokens[:, None])[:, 0].float()
         self._frames.append(frame)
         return frame
 
