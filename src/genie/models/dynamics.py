@@ -602,17 +602,7 @@ class Rollout:
                 return model.forward_ids(ids, acts, prev_ids_BTS=prev, positions_BM=pos_BM)
 
         with self.compiled(full):
-            new = maskgit_fill(
-                predict,
-                b,
-                s,
-                model.mask_id,
-                cfg.steps,
-                cfg.temperature,
-                generator,
-                self.frames[0].device,
-                log_probs=model.copy_head is not None,
-            )
+            new = self._fill(predict, b, s, self.frames[0].device, generator=generator)
             self.frames.append(new)
             self.actions.append(actions_B)
             if self.cache is not None:
@@ -623,6 +613,31 @@ class Rollout:
                 else:
                     model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
         return new.reshape(b, *model.cfg.hw)
+
+    def _fill(
+        self,
+        predict: Callable[[Tensor, Tensor], Tensor],
+        b: int,
+        s: int,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        uniforms: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """:func:`maskgit_fill` of one frame with this rollout's model and sampling (a copy-head model's
+        outputs are log-probabilities already)."""
+        cfg = self.sampling
+        return maskgit_fill(
+            predict,
+            b,
+            s,
+            self.model.mask_id,
+            cfg.steps,
+            cfg.temperature,
+            generator,
+            device,
+            uniforms=uniforms,
+            log_probs=self.model.copy_head is not None,
+        )
 
     def _cached_predict(self, act_B1: Tensor, last_B1S: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         """MaskGIT's ``predict`` for a cached step: the new frame after the cache, with its action
@@ -664,16 +679,6 @@ class Rollout:
         b, _, s = last_B1S.shape
         predict = self._cached_predict(act_B1, last_B1S)
         uniforms = self._static_uniforms if cfg.temperature > 0 else None
-        new = maskgit_fill(
-            predict,
-            b,
-            s,
-            model.mask_id,
-            cfg.steps,
-            cfg.temperature,
-            device=last_B1S.device,
-            uniforms=uniforms,
-            log_probs=model.copy_head is not None,
-        )
+        new = self._fill(predict, b, s, last_B1S.device, uniforms=uniforms)
         model.forward_ids(new[:, None], act_B1, cache, write_cache=True)
         return new
