@@ -192,6 +192,14 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert result["matmul_flops_per_s"] > 0
     assert 0 < result["tokenizer_train_step"]["fraction_of_matmul"] < 1.5
+    stages = result["stage_train_steps"]  # each stage's experiment (quick: tiny dims only)
+    assert [(r["stage"], r["experiment"]) for r in stages] == [
+        ("tokenizer", "tokenizer_tiny"),
+        ("lam", "lam_tiny"),
+        ("dynamics", "dynamics_tiny"),
+    ]
+    assert all(r["clips_per_s"] > 0 and r["tokens_per_s"] > r["frames_per_s"] > 0 for r in stages)
+    assert result["data"]["train_clips_per_s"] == max(r["clips_per_s"] for r in stages)
     assert all(r["full_over_st"] > 0 for r in result["st_vs_full_attention"])
     assert all(r["st_over_full_memory_math"] > 0 for r in result["st_vs_full_attention"])
     paper = result["st_vs_full_attention_paper_grid"]  # counted on the meta device: exact, not noisy

@@ -5,7 +5,9 @@
 
 Figures:
 - matmul FLOP/s of this machine (fp32; the yardstick for "how close to the limit");
-- tokenizer train step (tokenizer_tiny dims): frames/s and achieved FLOP/s as a fraction of matmul FLOP/s;
+- each stage's train step (tokenizer, LAM, dynamics) at tiny and CoinRun dims, as its experiment configures it
+  (LightningModule training_step + its optimizer): clips/s, frames/s and tokens/s;
+- a tokenizer train step (tokenizer_tiny dims, 2-frame windows): achieved FLOP/s as a fraction of matmul FLOP/s;
 - dynamics train step at d = 512 (fp32): achieved FLOP/s as a fraction of matmul FLOP/s (target >= 0.8),
   eager and with each ST block compiled (each step timed between matmul probes, against their mean), and
   eager with the blocks configured plain (no QK-norm, no rotary positions: what those two cost);
@@ -14,7 +16,7 @@ Figures:
   tokens per frame, and the memory alone at the paper's 23x40 tokens per frame (counted on the meta device);
 - play: frames/s of Genie.step with 25 MaskGIT steps, with the KV cache and recomputing the 16-frame window
   (target: cached >= 10x; tiny model >= 10 FPS), eager and (tiny dims) with ``SamplingConfig(compile=True)``;
-- data: clips/s streamed from shards vs clips/s the tokenizer train step consumes (target >= 5x).
+- data: clips/s streamed from shards vs clips/s the fastest tiny train step consumes (target >= 5x).
 
 On a CUDA machine, ``--device cuda`` measures the GPU figures instead (writes gpu_benchmark.json/.md):
 - the GPU's measured bf16 matmul FLOP/s (8192^3);
@@ -154,6 +156,84 @@ def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = Fal
         "flops_per_s": flops / sec,
         "dim": d,
         "first_step_s": first,
+    }
+
+
+# each stage's experiment at tiny and CoinRun dims (the dynamics stage's frozen tokenizer and LAM: its dims' ones)
+STAGE_EXPERIMENTS: dict[str, dict[str, str]] = {
+    "tiny": {"tokenizer": "tokenizer_tiny", "lam": "lam_tiny", "dynamics": "dynamics_tiny"},
+    "coinrun": {"tokenizer": "coinrun_tokenizer", "lam": "coinrun_lam", "dynamics": "coinrun_dynamics"},
+}
+
+
+def stage_step(stage: str, dims: str, quick: bool) -> dict[str, Any]:
+    """Throughput of one stage's training step as ``python -m genie.train +experiment=NAME`` runs it: the
+    experiment's LightningModule (its ``training_step``: the stage's windows, losses, frozen models) and the
+    optimizer it configures, eager fp32, on random clips of the experiment's frames and size. A dynamics
+    module gets a freshly initialised tokenizer and LAM of its dims' experiments instead of checkpoints (the
+    same work per step). Batch: the experiment's at tiny dims; one clip at CoinRun dims (each of its steps
+    takes seconds here; the configs' 36-48 clips are per GPU step). ``clips_per_s``: 16-frame clips consumed;
+    ``frames_per_s`` / ``tokens_per_s``: the frames the step trains on (its windows) and their tokens."""
+    import statistics
+    import warnings
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from genie.params import compose_config
+
+    names = STAGE_EXPERIMENTS[dims]
+    cfg = compose_config([f"+experiment={names[stage]}"])
+    kwargs: dict[str, Any] = {}
+    if stage == "dynamics":
+        for part in ("tokenizer", "lam"):
+            part_cfg = compose_config([f"+experiment={names[part]}"]).model.model
+            kwargs[f"{part}_model"] = OmegaConf.to_container(part_cfg, resolve=True)
+            kwargs[f"{part}_ckpt"] = None
+    torch.manual_seed(0)
+    module = instantiate(cfg.model, **kwargs)
+    module.train()
+    opt = module.configure_optimizers()["optimizer"]
+    frames, (h, w) = int(cfg.data.frames), tuple(cfg.data.size)
+    b = (2 if quick else int(cfg.data.batch_size)) if dims == "tiny" else 1
+    batch = {
+        "video": torch.rand(b, frames, 3, h, w),
+        "actions": torch.zeros(b, frames - 1, dtype=torch.long),
+    }
+    if stage == "tokenizer":
+        trained = sum(v.shape[0] * v.shape[1] for v in module.training_views(batch["video"]))
+        per_frame = module.cfg.grid[0] * module.cfg.grid[1]
+    else:
+        trained = b * min(frames, module.train_frames or frames)
+        grid = module.cfg.grid if stage == "lam" else module.cfg.hw
+        per_frame = grid[0] * grid[1]
+
+    def step() -> None:
+        loss = module.training_step(batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    with warnings.catch_warnings():  # self.log without a Trainer: "not registered on the model yet"
+        warnings.simplefilter("ignore")
+        step()  # warm-up
+        times = []
+        for _ in range(1 if quick else 2 if dims == "coinrun" else 5):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    sec = statistics.median(times)
+    return {
+        "stage": stage,
+        "dims": dims,
+        "experiment": names[stage],
+        "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "clips": b,
+        "frames_trained": trained,
+        "seconds": sec,
+        "clips_per_s": b / sec,
+        "frames_per_s": trained / sec,
+        "tokens_per_s": trained * per_frame / sec,
     }
 
 
@@ -464,14 +544,19 @@ def main() -> None:
     play = play_speed(a.quick)
     play_c = play_speed(a.quick, compiled=True) if not a.quick else None
     play_coinrun = play_speed(a.quick, "coinrun") if not a.quick else None
-    data = data_rate(
-        a.quick, tok["frames_per_s"] / 2
-    )  # the tokenizer step trains on 2-frame windows: clips/s
+    stages = [
+        stage_step(stage, dims, a.quick)
+        for dims in (("tiny",) if a.quick else ("tiny", "coinrun"))
+        for stage in ("tokenizer", "lam", "dynamics")
+    ]
+    # against the stage that consumes clips fastest (each reads whole 16-frame clips from the stream)
+    data = data_rate(a.quick, max(r["clips_per_s"] for r in stages if r["dims"] == "tiny"))
     result = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "matmul_flops_per_s": peak,
         "matmul_flops_per_s_medians": samples,
+        "stage_train_steps": stages,
         "tokenizer_train_step": tok,
         "dynamics_train_step": dyn,
         "dynamics_train_step_compiled_blocks": dyn_c,
@@ -491,8 +576,15 @@ def main() -> None:
         "|---|---|",
         f"| matmul fp32 (1024³) | {peak / 1e9:.1f} GFLOP/s (median per train-step figure: "
         f"{', '.join(f'{x / 1e9:.0f}' for x in samples)}) |",
-        f"| tokenizer_tiny train step | {tok['frames_per_s']:.1f} frames/s, {tok['tokens_per_s']:.0f} tokens/s |",
-        f"| tokenizer_tiny achieved / matmul FLOP/s (probes either side of each step) | "
+        *(
+            f"| train step: {r['stage']}, {r['dims']} dims (`{r['experiment']}`, {r['params'] / 1e6:.1f}M params, "
+            f"{r['clips']} clip{'s' if r['clips'] > 1 else ''} of 16 frames; trains on {r['frames_trained']} frames) | "
+            f"{r['clips_per_s']:.2f} clips/s, {r['frames_per_s']:.1f} frames/s, {r['tokens_per_s']:,.0f} tokens/s |"
+            for r in stages
+        ),
+        f"| tokenizer train step, tokenizer_tiny dims on 2-frame windows | {tok['frames_per_s']:.1f} frames/s, "
+        f"{tok['tokens_per_s']:.0f} tokens/s |",
+        f"| the same: achieved / matmul FLOP/s (probes either side of each step) | "
         f"{tok['fraction_of_matmul']:.2f} |",
         f"| dynamics train step (d {int(dyn['dim'])}) achieved / matmul FLOP/s (probes either side of each step) | "
         f"{dyn['fraction_of_matmul']:.2f} (target ≥ 0.8) |",
@@ -537,7 +629,7 @@ def main() -> None:
             if play_coinrun
             else []
         ),
-        f"| data: streamed / consumed by training | {data['stream_clips_per_s']:.0f} / {data['train_clips_per_s']:.0f} "
+        f"| data: streamed / consumed by the fastest train step | {data['stream_clips_per_s']:.0f} / {data['train_clips_per_s']:.0f} "
         f"clips/s = {data['ratio']:.1f}× (target ≥ 5×) |",
     ]
     table = "\n".join(lines)
