@@ -207,5 +207,7 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     assert paper[0]["st_over_full_memory"] > paper[1]["st_over_full_memory"] > paper[2]["st_over_full_memory"]
     assert 0 < result["dynamics_train_step"]["fraction_of_matmul"] < 1.5
     assert result["play"]["cached_fps"] > 0 and result["play"]["cache_speedup"] > 0
+    assert result["play_compiled_bf16"] is None  # (a full run's figure)
+    assert isinstance(result["cpu_bf16_units"], bool)
     assert result["data"]["stream_clips_per_s"] > 0
     assert "| matmul fp32 (" in (tmp_path / "benchmark.md").read_text()

@@ -15,7 +15,8 @@ Figures:
   T = 4, 8, 16 (the paper's claim: linear vs quadratic in T; target at T = 16: ST <= 0.2x full), on 16x16
   tokens per frame, and the memory alone at the paper's 23x40 tokens per frame (counted on the meta device);
 - play: frames/s of Genie.step with 25 MaskGIT steps, with the KV cache and recomputing the 16-frame window
-  (target: cached >= 10x; tiny model >= 10 FPS), eager and (tiny dims) with ``SamplingConfig(compile=True)``;
+  (target: cached >= 10x; tiny model >= 10 FPS), eager and (tiny dims) with ``SamplingConfig(compile=True)``,
+  and (tiny dims, cached) compiled under bf16 autocast (``SamplingConfig(precision="bf16")``);
 - data: clips/s streamed from shards vs clips/s the fastest tiny train step consumes (target >= 5x).
 
 On a CUDA machine, ``--device cuda`` measures the GPU figures instead (writes gpu_benchmark.json/.md):
@@ -277,6 +278,8 @@ def play_speed(
     from genie.models import Genie
     from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
 
+    if compiled:  # a fresh start: dynamo keeps at most 8 compiled variants of the ST block's code
+        torch._dynamo.reset()
     st = {"dim": 128, "depth": 2, "num_heads": 4}
     dyn_st = st if dims == "tiny" else {"dim": 512, "depth": 12, "num_heads": 8}
     tok = VideoTokenizer(
@@ -319,6 +322,12 @@ def play_speed(
     if recompute:
         out["cache_speedup"] = out["cached_fps"] / out["recompute_fps"]
     return out
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX-512 BF16): without it bf16 is emulated, and slow."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 def data_rate(quick: bool, consume_clips_per_s: float) -> dict[str, float]:
@@ -543,6 +552,8 @@ def main() -> None:
     attn_paper = st_vs_full_paper_grid()
     play = play_speed(a.quick)
     play_c = play_speed(a.quick, compiled=True) if not a.quick else None
+    # the same under bf16 autocast (sampling.precision=bf16): cached only; fast where the CPU has bf16 units
+    play_bf16 = play_speed(a.quick, compiled=True, precision="bf16", recompute=False) if not a.quick else None
     play_coinrun = play_speed(a.quick, "coinrun") if not a.quick else None
     stages = [
         stage_step(stage, dims, a.quick)
@@ -565,6 +576,8 @@ def main() -> None:
         "st_vs_full_attention_paper_grid": attn_paper,
         "play": play,
         "play_compiled": play_c,
+        "play_compiled_bf16": play_bf16,
+        "cpu_bf16_units": cpu_bf16(),
         "play_coinrun_dims": play_coinrun,
         "data": data,
     }
@@ -619,6 +632,15 @@ def main() -> None:
                 f"{play_c['recompute_fps']:.2f} frames/s = {play_c['cache_speedup']:.1f}× |"
             ]
             if play_c
+            else []
+        ),
+        *(
+            [
+                f"| the same cached, compiled, under bf16 autocast (`sampling.precision=bf16`; this CPU "
+                f"{'has' if cpu_bf16() else 'lacks'} AVX-512 BF16) | {play_bf16['cached_fps']:.2f} frames/s "
+                "(target ≥ 10 FPS) |"
+            ]
+            if play_bf16
             else []
         ),
         *(
