@@ -178,6 +178,22 @@ def test_cached_frames_match_full_pass(mode: str) -> None:
     torch.testing.assert_close(torch.cat((head, tail), 1), full, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", list(MODELS))
+def test_extend_cache_writes_the_context_a_forward_pass_writes(mode: str) -> None:
+    """Generation commits each finished frame with ``extend_cache`` (no output head): the cache it leaves
+    holds the same keys/values and position as a forward pass writing the cache."""
+    model = MODELS[mode]()
+    tokens = torch.randint(0, 32, (2, 3, 3, 4))
+    actions = torch.randint(0, 4, (2, 2))
+    ids = tokens.flatten(2)
+    by_forward, by_extend = KVCache(), KVCache()
+    model(tokens, actions, cache=by_forward, write_cache=True)
+    model.extend_cache(ids, model.frame_actions(actions, 2, 3), by_extend)
+    assert by_extend.position == by_forward.position == 3
+    for (k1, v1), (k2, v2) in zip(by_forward.layers, by_extend.layers, strict=True):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+
+
 def test_bad_actions_are_named() -> None:
     model = tiny()
     tokens = torch.randint(0, 32, (1, 3, 3, 4))

@@ -206,15 +206,7 @@ class DynamicsModel(nn.Module):
         ``positions_BM`` the last frame's tokens at those positions (``logits_BMV``: MaskGIT sampling needs
         the still-masked ones only), with ``select_BTS`` the tokens where it is True (``logits_NV`` in
         row-major order: training scores the masked ones only)."""
-        x_BTSD = self.token_embed(ids_BTS)
-        act_BTD = self.action_embed(frame_actions_BT)
-        if self.cfg.action_mode == "add":
-            x_BTSD = x_BTSD + act_BTD[:, :, None]
-        else:
-            x_BTSD = torch.cat((act_BTD[:, :, None], x_BTSD), dim=2)
-        x_BTSD = self.transformer(
-            x_BTSD, self.cfg.hw, cache=cache, write_cache=write_cache, prefix=self.prefix
-        )[:, :, self.prefix :]
+        x_BTSD = self._hidden(ids_BTS, frame_actions_BT, cache, write_cache)
         copy = self.copy_head is not None and prev_ids_BTS is not None
         src: Tensor | None = None  # the ids each token's copy offsets point at
         if positions_BM is not None:
@@ -239,6 +231,27 @@ class DynamicsModel(nn.Module):
         if src is None or self.copy_head is None:
             return logits
         return self._mix_copies(logits, self.copy_head(x), src)
+
+    def _hidden(
+        self, ids_BTS: Tensor, frame_actions_BT: Tensor, cache: KVCache | None, write_cache: bool
+    ) -> Tensor:
+        """The transformer's output at the grid tokens (the action prefix dropped), ``x_BTSD``."""
+        x_BTSD = self.token_embed(ids_BTS)
+        act_BTD = self.action_embed(frame_actions_BT)
+        if self.cfg.action_mode == "add":
+            x_BTSD = x_BTSD + act_BTD[:, :, None]
+        else:
+            x_BTSD = torch.cat((act_BTD[:, :, None], x_BTSD), dim=2)
+        out: Tensor = self.transformer(
+            x_BTSD, self.cfg.hw, cache=cache, write_cache=write_cache, prefix=self.prefix
+        )
+        return out[:, :, self.prefix :]
+
+    def extend_cache(self, ids_BTS: Tensor, frame_actions_BT: Tensor, cache: KVCache) -> None:
+        """Append these frames (token ids, each frame's conditioning action id as :meth:`forward_ids` takes
+        them) to ``cache`` as context: their keys/values, without the output head (generation commits each
+        finished frame this way; its logits would go unused)."""
+        self._hidden(ids_BTS, frame_actions_BT, cache, write_cache=True)
 
     def _mix_copies(self, logits_NV: Tensor, copy_NK1: Tensor, src_NK: Tensor) -> Tensor:
         """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(src_k) ), in fp32, over any leading axes ``N``:
@@ -537,7 +550,7 @@ class Rollout:
     def _prime(self) -> None:
         self.cache = KVCache(max_frames=self.sampling.context_frames - 1)
         ids, acts = self._window()
-        self.model.forward_ids(ids, acts, self.cache, write_cache=True)
+        self.model.extend_cache(ids, acts, self.cache)
 
     @torch.no_grad()
     def start(self, prompt_tokens_BTHW: Tensor, prompt_actions_BT1: Tensor | None = None) -> None:
@@ -611,7 +624,7 @@ class Rollout:
                     with self.compiled(False):
                         self._prime()  # learned frame positions cannot count past max_frames: re-encode
                 else:
-                    model.forward_ids(new[:, None], actions_B[:, None], self.cache, write_cache=True)
+                    model.extend_cache(new[:, None], actions_B[:, None], self.cache)
         return new.reshape(b, *model.cfg.hw)
 
     def _fill(
@@ -680,5 +693,5 @@ class Rollout:
         predict = self._cached_predict(act_B1, last_B1S)
         uniforms = self._static_uniforms if cfg.temperature > 0 else None
         new = self._fill(predict, b, s, last_B1S.device, uniforms=uniforms)
-        model.forward_ids(new[:, None], act_B1, cache, write_cache=True)
+        model.extend_cache(new[:, None], act_B1, cache)
         return new
