@@ -173,7 +173,7 @@ def stage_step(stage: str, dims: str, quick: bool) -> dict[str, Any]:
     optimizer it configures, eager fp32, on random clips of the experiment's frames and size. A dynamics
     module gets a freshly initialised tokenizer and LAM of its dims' experiments instead of checkpoints (the
     same work per step). Batch: the experiment's at tiny dims; one clip at CoinRun dims (each of its steps
-    takes seconds here; the configs' 36-48 clips are per GPU step). ``clips_per_s``: 16-frame clips consumed;
+    takes seconds here; the configs' 36-48 clips are per GPU step). ``clips_per_s``: the data's clips consumed;
     ``frames_per_s`` / ``tokens_per_s``: the frames the step trains on (its windows) and their tokens."""
     import statistics
     import warnings
@@ -230,6 +230,7 @@ def stage_step(stage: str, dims: str, quick: bool) -> dict[str, Any]:
         "experiment": names[stage],
         "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "clips": b,
+        "clip_frames": frames,
         "frames_trained": trained,
         "seconds": sec,
         "clips_per_s": b / sec,
@@ -591,7 +592,7 @@ def main() -> None:
         f"{', '.join(f'{x / 1e9:.0f}' for x in samples)}) |",
         *(
             f"| train step: {r['stage']}, {r['dims']} dims (`{r['experiment']}`, {r['params'] / 1e6:.1f}M params, "
-            f"{r['clips']} clip{'s' if r['clips'] > 1 else ''} of 16 frames; trains on {r['frames_trained']} frames) | "
+            f"{r['clips']} clip{'s' if r['clips'] > 1 else ''} of {r['clip_frames']} frames; trains on {r['frames_trained']} frames) | "
             f"{r['clips_per_s']:.2f} clips/s, {r['frames_per_s']:.1f} frames/s, {r['tokens_per_s']:,.0f} tokens/s |"
             for r in stages
         ),
