@@ -176,6 +176,44 @@ def test_memory_plan_counts_what_autograd_saves() -> None:
     assert "FULL_SHARD over 8 devices" in text and "checkpointed" in text
 
 
+def test_peak_tensor_bytes_follows_allocations_until_freed() -> None:
+    from genie.memory import peak_tensor_bytes
+
+    mib = 2**20
+
+    def alloc_free_alloc() -> None:
+        a = torch.empty(mib // 4)  # 1 MiB
+        b = torch.empty(mib // 2)  # 2 MiB: 3 held
+        del a
+        c = torch.empty(mib // 4)  # 1 MiB into the freed room: still 3
+        del b, c
+
+    assert peak_tensor_bytes(alloc_free_alloc) == 3 * mib
+
+    def views_and_in_place() -> None:  # one new tensor; its views and in-place results are no new memory
+        a = torch.ones(mib // 4)
+        a.add_(1).mul_(2)
+        a.view(-1, 4).t()
+        a[:10].zero_()
+
+    assert peak_tensor_bytes(views_and_in_place) == mib
+    w = torch.randn(256, 256, requires_grad=True)  # existing tensors never count
+    x = torch.randn(1024, 256)
+
+    def train_step() -> None:
+        # forward: x @ w (1 MiB) and relu's output (1 MiB, saved for backward) at once; backward: relu's
+        # gradient (1 MiB) beside its saved output, which autograd frees before w's gradient (0.25) is made
+        (x @ w).relu().sum().backward()
+
+    assert peak_tensor_bytes(train_step) == 2 * mib + 8  # (+ the loss and its gradient: a float each)
+
+    def keeping_the_output() -> None:  # the same, holding relu's output: now it is there for w's gradient
+        y = (x @ w).relu()
+        y.sum().backward()
+
+    assert peak_tensor_bytes(keeping_the_output) == 2 * mib + mib // 4 + 8
+
+
 @pytest.mark.slow
 def test_tiny_scaling_sweep_collects_csv_and_plot(tmp_path: Path) -> None:
     tok, _ = stage_checkpoints(tmp_path / "stages")

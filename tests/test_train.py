@@ -202,6 +202,9 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     assert result["data"]["train_clips_per_s"] == max(r["clips_per_s"] for r in stages)
     assert all(r["full_over_st"] > 0 for r in result["st_vs_full_attention"])
     assert all(r["st_over_full_memory_math"] > 0 for r in result["st_vs_full_attention"])
+    # peak tensor memory: materialised full attention's grows faster in T than the ST block's
+    peaks = [r["st_over_full_peak_math"] for r in result["st_vs_full_attention"]]
+    assert 0 < peaks[-1] < peaks[0]
     paper = result["st_vs_full_attention_paper_grid"]  # counted on the meta device: exact, not noisy
     assert [r["T"] for r in paper] == [4, 8, 16] and paper[-1]["st_over_full_memory"] < 0.2
     assert paper[0]["st_over_full_memory"] > paper[1]["st_over_full_memory"] > paper[2]["st_over_full_memory"]

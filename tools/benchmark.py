@@ -11,9 +11,11 @@ Figures:
 - dynamics train step at d = 512 (fp32): achieved FLOP/s as a fraction of matmul FLOP/s (target >= 0.8),
   eager and with each ST block compiled (each step timed between matmul probes, against their mean), and
   eager with the blocks configured plain (no QK-norm, no rotary positions: what those two cost);
-- ST attention vs full spatiotemporal attention: train step time and the activation memory autograd keeps at
-  T = 4, 8, 16 (the paper's claim: linear vs quadratic in T; target at T = 16: ST <= 0.2x full), on 16x16
-  tokens per frame, and the memory alone at the paper's 23x40 tokens per frame (counted on the meta device);
+- ST attention vs full spatiotemporal attention: train step time, the activation memory autograd keeps and
+  the step's peak tensor memory (``genie.memory.peak_tensor_bytes``: saved activations, backward's buffers,
+  gradients) at T = 4, 8, 16 (the paper's claim: linear vs quadratic in T; target at T = 16: ST <= 0.2x
+  full), on 16x16 tokens per frame, and the kept memory alone at the paper's 23x40 tokens per frame (counted
+  on the meta device);
 - play: frames/s of Genie.step with 25 MaskGIT steps, with the KV cache and recomputing the 16-frame window
   (target: cached >= 10x; tiny model >= 10 FPS), eager and (tiny dims) with ``SamplingConfig(compile=True)``,
   and (tiny dims, cached) compiled under bf16 autocast (``SamplingConfig(precision="bf16")``);
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from genie.memory import _saved_bytes
+from genie.memory import _saved_bytes, peak_tensor_bytes
 from genie.models import TokenizerConfig, VideoTokenizer
 from genie.models.dynamics import DynamicsModel
 from genie.nn import STConfig, STTransformer, compile_blocks
@@ -375,11 +377,15 @@ def st_vs_full(quick: bool) -> list[dict[str, float]]:
             step = _attention_train_step(mode, t, (side, side))
             row[f"{mode}_seconds"] = timeit(step, warmup=1, repeat=3)
             row[f"{mode}_activation_bytes"] = _saved_bytes(step)
+            row[f"{mode}_peak_bytes"] = peak_tensor_bytes(step)
             with sdpa_kernel(SDPBackend.MATH):  # attention matrices materialised (no fused kernel)
                 row[f"{mode}_activation_bytes_math"] = _saved_bytes(step)
+                row[f"{mode}_peak_bytes_math"] = peak_tensor_bytes(step)
         row["full_over_st"] = row["full_seconds"] / row["st_seconds"]
         row["st_over_full_memory"] = row["st_activation_bytes"] / row["full_activation_bytes"]
         row["st_over_full_memory_math"] = row["st_activation_bytes_math"] / row["full_activation_bytes_math"]
+        row["st_over_full_peak"] = row["st_peak_bytes"] / row["full_peak_bytes"]
+        row["st_over_full_peak_math"] = row["st_peak_bytes_math"] / row["full_peak_bytes_math"]
         rows.append(row)
     return rows
 
@@ -617,6 +623,12 @@ def main() -> None:
     lines += [
         f"| ST / full attention activation memory, T={int(r['T'])}: materialised / fused attention | "
         f"{r['st_over_full_memory_math']:.2f}× / {r['st_over_full_memory']:.2f}× (target ≤ 0.2× at T=16) |"
+        for r in attn
+    ]
+    lines += [
+        f"| ST / full attention peak tensor memory of a train step, T={int(r['T'])}: materialised / fused attention | "
+        f"{r['st_peak_bytes_math'] / 2**20:.0f} / {r['full_peak_bytes_math'] / 2**20:.0f} MiB = "
+        f"{r['st_over_full_peak_math']:.2f}× / {r['st_over_full_peak']:.2f}× (target ≤ 0.2× at T=16) |"
         for r in attn
     ]
     lines += [

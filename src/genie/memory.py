@@ -66,6 +66,51 @@ def _saved_bytes(fn: Any) -> int:
     return sum(seen.values())
 
 
+def peak_tensor_bytes(fn: Any) -> int:
+    """Peak bytes of tensor memory that ``fn()`` allocates and holds at once (forward, autograd's saved
+    tensors, backward's transient buffers, gradients): what ``torch.cuda.max_memory_allocated`` counts above
+    its starting point on a GPU, measured on any device with real storage (not meta). Every operator's
+    outputs are followed until their storage is freed; an output that aliases one of the operator's inputs
+    (a view, an in-place result) is no new memory, so tensors that existed before (parameters, inputs) never
+    count. Kernel-internal scratch is not seen. The process's resident size overstates this: the C
+    allocator keeps freed pages."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    live: dict[int, int] = {}  # storage address -> bytes
+    state = {"now": 0, "peak": 0}
+
+    def free(key: int) -> None:
+        state["now"] -= live.pop(key)
+
+    class Follow(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            inputs = {
+                t.untyped_storage().data_ptr()
+                for t in tree_flatten((args, kwargs))[0]
+                if isinstance(t, torch.Tensor)
+            }
+            for t in tree_flatten(out)[0]:
+                if not isinstance(t, torch.Tensor):
+                    continue
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if size and key not in live and key not in inputs:
+                    live[key] = size
+                    state["now"] += size
+                    state["peak"] = max(state["peak"], state["now"])
+                    weakref.finalize(storage, free, key)  # (a storage's Python object lives as long as it)
+            return out
+
+    with Follow():
+        fn()
+    return state["peak"]
+
+
 def _inputs(stage: str, model: nn.Module, frames: int, dtype: torch.dtype) -> Any:
     cfg: Any = model.cfg
     if stage == "dynamics":
