@@ -212,6 +212,8 @@ def test_peak_tensor_bytes_follows_allocations_until_freed() -> None:
         y.sum().backward()
 
     assert peak_tensor_bytes(keeping_the_output) == 2 * mib + mib // 4 + 8
+    with pytest.raises(ValueError, match="not meta ones"):
+        peak_tensor_bytes(lambda: torch.ones(4, device="meta") + 1)
 
 
 @pytest.mark.slow

@@ -97,6 +97,11 @@ def peak_tensor_bytes(fn: Any) -> int:
             for t in tree_flatten(out)[0]:
                 if not isinstance(t, torch.Tensor):
                     continue
+                if t.device.type == "meta":
+                    raise ValueError(
+                        "peak_tensor_bytes needs tensors with storage, not meta ones; on the meta device "
+                        "count what autograd keeps with _saved_bytes"
+                    )
                 storage = t.untyped_storage()
                 key, size = storage.data_ptr(), storage.nbytes()
                 if size and key not in live and key not in inputs:
