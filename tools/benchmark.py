@@ -650,7 +650,7 @@ def main() -> None:
         *(
             [
                 f"| the same cached, compiled, under bf16 autocast (`sampling.precision=bf16`; this CPU "
-                f"{'has' if cpu_bf16() else 'lacks'} AVX-512 BF16) | {play_bf16['cached_fps']:.2f} frames/s "
+                f"{'has' if result['cpu_bf16_units'] else 'lacks'} AVX-512 BF16) | {play_bf16['cached_fps']:.2f} frames/s "
                 "(target ≥ 10 FPS) |"
             ]
             if play_bf16
