@@ -130,6 +130,43 @@ def test_lightning_module_fit_two_steps(tmp_path: Path) -> None:
     assert {"val/psnr", "val/ssim", "val/recon_mse"} <= set(results[0])
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_adamw_clips_gradients_under_mixed_precision(tmp_path: Path, precision: str) -> None:
+    # Lightning's mixed-precision plugin refuses to clip for the fused AdamW (it unscales inside its step);
+    # StageModule clips it itself: every GPU config (bf16-mixed, fused, gradient_clip_val 1.0) trains
+    model = {
+        "image_size": [16, 16],
+        "patch": 4,
+        "num_codes": 32,
+        "code_dim": 8,
+        "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
+        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
+    }
+    module = TokenizerModule(model=model, optim={"lr": 1e-3, "warmup_steps": 1, "fused": True})
+    norms: list[float] = []
+
+    class GradNorm(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+            grads = [p.grad.float().norm() for p in pl_module.parameters() if p.grad is not None]
+            norms.append(float(torch.stack(grads).norm()))  # what the optimizer stepped with
+
+    data = [{"video": torch.rand(2, 3, 16, 16) * 50, "actions": torch.zeros(1).long()}] * 4  # large grads
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        precision=precision,
+        gradient_clip_val=1e-3,
+        callbacks=[GradNorm()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=2))
+    assert trainer.global_step == 2
+    assert len(norms) == 2 and all(0 < n <= 1e-3 * 1.01 for n in norms), norms
+
+
 def test_lr_schedule() -> None:
     const = OptimConfig(lr=1.0, warmup_steps=10, schedule="constant")
     assert (

@@ -7,11 +7,44 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 
 from genie.models.io import config_from_dict, load_model
 from genie.models.tokenizer import VideoTokenizer
+
+
+class StageModule(L.LightningModule):
+    """The base of every stage's LightningModule: gradient clipping (``trainer.gradient_clip_val``) that also
+    works with the fused AdamW under mixed precision.
+
+    Lightning's mixed-precision plugin (``bf16-mixed`` / ``16-mixed`` on one device or with DDP) refuses to
+    clip for an optimizer that unscales gradients inside its own step, as torch's fused AdamW does, even under
+    bf16 where nothing is scaled. Here such an optimizer's gradients are clipped directly, after unscaling
+    them where a gradient scaler is in use (``16-mixed``; the fused step then skips its own unscaling); every
+    other case goes through Lightning as usual."""
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugin = self.trainer.precision_plugin if self._trainer is not None else None
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if not gradient_clip_val or not fused or not isinstance(plugin, MixedPrecision):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if plugin.scaler is not None:
+            plugin.scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
 
 @dataclass

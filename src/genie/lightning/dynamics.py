@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from genie.lightning.common import (
     OptimConfig,
+    StageModule,
     as_dataclass,
     build_optimizer,
     frame_window,
@@ -38,7 +38,7 @@ from genie.models.lam import LAMConfig, LatentActionModel
 ActionSource = Literal["lam", "true", "cotrain"]
 
 
-class DynamicsModule(L.LightningModule):
+class DynamicsModule(StageModule):
     """MaskGIT objective on tokenizer tokens; logs token accuracy, and at validation generated rollouts:
     PSNR vs the real clip at frame t = ``eval_t`` (1-based; frame 1 is the prompt) with inferred (or true) actions and with random ones,
     their difference ΔtPSNR (controllability), and a GIF (real | inferred actions | random actions)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,6 +13,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from genie.lightning.common import (
     OptimConfig,
+    StageModule,
     as_dataclass,
     build_optimizer,
     frame_window,
@@ -28,7 +28,7 @@ from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 
 
-class LAMModule(L.LightningModule):
+class LAMModule(StageModule):
     """VQ-VAE over transitions: predict x_t+1 from x_1:t and a latent action a_t.
 
     Logs per-code action usage every step (collapse shows up at once), reconstruction PSNR against a

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -13,6 +12,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from genie.lightning.common import (
     OptimConfig,
+    StageModule,
     as_dataclass,
     build_optimizer,
     media_root,
@@ -22,7 +22,7 @@ from genie.media import save_gif, video_grid
 from genie.models.tokenizer import TokenizerConfig, VideoTokenizer
 
 
-class TokenizerModule(L.LightningModule):
+class TokenizerModule(StageModule):
     """VQ-VAE objective: MSE reconstruction + codebook + β·commitment.
 
     ``short_window``: when set, each training batch of B clips is used as B − ``long_clips`` random
