@@ -120,6 +120,19 @@ def test_tokenizer_200m_param_count() -> None:
     assert module.cfg.grid == (23, 40)  # 920 tokens per frame, as in the paper
 
 
+@pytest.mark.parametrize(
+    ("name", "batch"), [("coinrun_tokenizer", 48), ("coinrun_lam", 48), ("coinrun_dynamics", 36)]
+)
+def test_coinrun_experiments_step_on_app_f_batches(name: str, batch: int) -> None:
+    # App. F's batch per optimizer step; on one device the micro-batches add up to it (2 x 24 and 2 x 18
+    # where a whole batch would not fit an 80 GB GPU: measured, README)
+    data, trainer = compose_experiment(name).data, compose_experiment(name).trainer
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    assert (data.get("global_batch_size") or data.batch_size) == batch
+    assert data.batch_size * accumulate == batch
+    assert trainer.val_check_interval == 5000 * accumulate  # batches: validation every 5000 steps
+
+
 def test_conf_tree_mirrors_code() -> None:
     for group in ("model", "data", "trainer", "callbacks", "logger", "experiment", "paths"):
         assert (conf_dir() / group).is_dir(), group

@@ -169,20 +169,36 @@ STAGE_EXPERIMENTS: dict[str, dict[str, str]] = {
 }
 
 
-def stage_step(stage: str, dims: str, quick: bool) -> dict[str, Any]:
+def stage_step(
+    stage: str,
+    dims: str,
+    quick: bool,
+    device: str = "cpu",
+    batch: int | None = None,
+    checkpointing: bool = False,
+    repeat: int | None = None,
+    compiled: bool = False,
+) -> dict[str, Any]:
     """Throughput of one stage's training step as ``python -m genie.train +experiment=NAME`` runs it: the
     experiment's LightningModule (its ``training_step``: the stage's windows, losses, frozen models) and the
-    optimizer it configures, eager fp32, on random clips of the experiment's frames and size. A dynamics
-    module gets a freshly initialised tokenizer and LAM of its dims' experiments instead of checkpoints (the
-    same work per step). Batch: the experiment's at tiny dims; one clip at CoinRun dims (each of its steps
-    takes seconds here; the configs' 36-48 clips are per GPU step). ``clips_per_s``: the data's clips consumed;
+    optimizer it configures, on random clips of the experiment's frames and size. A dynamics module gets a
+    freshly initialised tokenizer and LAM of its dims' experiments instead of checkpoints (the same work per
+    step). On the CPU: eager fp32; batch: the experiment's at tiny dims, one clip at CoinRun dims (each of its
+    steps takes seconds here; the configs' 36-48 clips are per GPU step). On a GPU (``device="cuda"``): the
+    experiment's trainer precision (``bf16-mixed``: autocast to bf16 over fp32 weights, as Lightning runs it),
+    the experiment's batch, and ``peak_memory_gib`` (``torch.cuda.max_memory_allocated``). ``batch``
+    overrides the batch; ``checkpointing``: activation checkpointing per ST block
+    (``callbacks.scale.activation_checkpointing=true``); ``compiled``: each ST block compiled
+    (``callbacks.scale.compile_blocks=true``; the warm-up step compiles). ``clips_per_s``: the data's clips consumed;
     ``frames_per_s`` / ``tokens_per_s``: the frames the step trains on (its windows) and their tokens."""
+    import contextlib
     import statistics
     import warnings
 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from genie.distributed import apply_policies
     from genie.params import compose_config
 
     names = STAGE_EXPERIMENTS[dims]
@@ -193,18 +209,32 @@ def stage_step(stage: str, dims: str, quick: bool) -> dict[str, Any]:
             part_cfg = compose_config([f"+experiment={names[part]}"]).model.model
             kwargs[f"{part}_model"] = OmegaConf.to_container(part_cfg, resolve=True)
             kwargs[f"{part}_ckpt"] = None
+    gpu = device != "cpu"
     torch.manual_seed(0)
-    module = instantiate(cfg.model, **kwargs)
+    module = instantiate(cfg.model, **kwargs).to(device)
     module.train()
+    if checkpointing or compiled:
+        apply_policies(module, activation_checkpointing=checkpointing, compile_blocks=compiled)
     opt = module.configure_optimizers()["optimizer"]
     frames, (h, w) = int(cfg.data.frames), tuple(cfg.data.size)
-    b = (2 if quick else int(cfg.data.batch_size)) if dims == "tiny" else 1
-    batch = {
-        "video": torch.rand(b, frames, 3, h, w),
-        "actions": torch.zeros(b, frames - 1, dtype=torch.long),
+    if batch is not None:
+        b = batch
+    elif gpu or dims == "tiny":
+        b = 2 if quick else int(cfg.data.batch_size)
+    else:
+        b = 1
+    precision = str(cfg.trainer.precision) if gpu else "32-true"
+    autocast = (
+        torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        if precision.startswith("bf16")
+        else contextlib.nullcontext()
+    )
+    clips = {
+        "video": torch.rand(b, frames, 3, h, w, device=device),
+        "actions": torch.zeros(b, frames - 1, dtype=torch.long, device=device),
     }
     if stage == "tokenizer":
-        trained = sum(v.shape[0] * v.shape[1] for v in module.training_views(batch["video"]))
+        trained = sum(v.shape[0] * v.shape[1] for v in module.training_views(clips["video"]))
         per_frame = module.cfg.grid[0] * module.cfg.grid[1]
     else:
         trained = b * min(frames, module.train_frames or frames)
@@ -212,25 +242,39 @@ def stage_step(stage: str, dims: str, quick: bool) -> dict[str, Any]:
         per_frame = grid[0] * grid[1]
 
     def step() -> None:
-        loss = module.training_step(batch, 0)
+        with autocast:
+            loss = module.training_step(clips, 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
+    if repeat is None:
+        repeat = 1 if quick else 2 if dims == "coinrun" and not gpu else 5
     with warnings.catch_warnings():  # self.log without a Trainer: "not registered on the model yet"
         warnings.simplefilter("ignore")
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
         step()  # warm-up
         times = []
-        for _ in range(1 if quick else 2 if dims == "coinrun" else 5):
+        for _ in range(repeat):
+            sync(device)
             start = time.perf_counter()
             step()
+            sync(device)
             times.append(time.perf_counter() - start)
     sec = statistics.median(times)
+    extra = {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30} if gpu else {}
     return {
         "stage": stage,
         "dims": dims,
         "experiment": names[stage],
+        "device": device,
+        "precision": precision,
+        "checkpointing": checkpointing,
+        "compiled": compiled,
+        **extra,
         "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "max_steps": int(cfg.trainer.max_steps),
         "clips": b,
         "clip_frames": frames,
         "frames_trained": trained,
@@ -467,7 +511,59 @@ def gpu_dynamics_step(
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def gpu_main(out: Path, train: bool = True) -> None:
+def stage_rows(result: dict[str, Any], lines: list[str], write: Callable[[], None]) -> None:
+    """The App. F (CoinRun) stages' train steps on one GPU as their experiments configure them (batch,
+    ``bf16-mixed``): the whole batch with and without activation checkpointing, a half and a quarter batch
+    (the micro-batches of ``trainer.accumulate_grad_batches=2`` / ``4``), and the experiment's own split with
+    compiled blocks; a batch that does not fit is reported as such. ``hours``: the experiment's ``max_steps``
+    at that speed (micro-batches: times their number)."""
+    rows = result.setdefault("coinrun_stage_train_steps_gpu", [])
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    for stage in ("tokenizer", "lam", "dynamics"):
+        full, own = compose_stage_batch(stage)
+        variants = (
+            (1, False, False),
+            (1, True, False),
+            (2, False, False),
+            (4, False, False),
+            (own, False, True),
+        )
+        for split, checkpointing, compiled in variants:
+            b = full // split
+            label = f"{stage}, batch {b}" + (f" x {split} accumulated" if split > 1 else "")
+            label += ", activation checkpointing" if checkpointing else ""
+            label += ", compiled blocks" if compiled else ""
+            try:
+                r = stage_step(stage, "coinrun", False, "cuda", b, checkpointing, repeat=3, compiled=compiled)
+            except torch.cuda.OutOfMemoryError:
+                rows.append({"stage": stage, "batch": b, "checkpointing": checkpointing, "oom": True})
+                lines.append(f"| CoinRun train step: {label} | out of memory ({total:.0f} GiB GPU) |")
+                torch.cuda.empty_cache()
+                write()
+                continue
+            r["accumulate"] = split
+            r["hours"] = r["seconds"] * split * r["max_steps"] / 3600
+            rows.append(r)
+            lines.append(
+                f"| CoinRun train step: {label} ({r['params'] / 1e6:.0f}M, {r['precision']}) | "
+                f"{r['clips_per_s']:.1f} clips/s, {r['tokens_per_s']:.0f} tokens/s, peak memory "
+                f"{r['peak_memory_gib']:.1f} GiB; {r['max_steps'] // 1000}k steps: {r['hours']:.0f} h |"
+            )
+            write()
+            torch.cuda.empty_cache()
+
+
+def compose_stage_batch(stage: str) -> tuple[int, int]:
+    """The CoinRun experiment's batch per optimizer step for ``stage`` (its global batch, where it sets one)
+    and the number of micro-batches it is split into on one device."""
+    from genie.params import compose_config
+
+    cfg = compose_config([f"+experiment={STAGE_EXPERIMENTS['coinrun'][stage]}"])
+    batch = int(cfg.data.get("global_batch_size") or cfg.data.batch_size)
+    return batch, int(cfg.trainer.get("accumulate_grad_batches", 1))
+
+
+def gpu_main(out: Path, train: bool = True, play: bool = True) -> None:
     name = torch.cuda.get_device_name()
     datasheet = next((v for k, v in DATASHEET_BF16.items() if k in name), None)
     peak = gpu_matmul_flops()
@@ -498,6 +594,12 @@ def gpu_main(out: Path, train: bool = True) -> None:
         )
         write()
         torch.cuda.empty_cache()
+    if train:
+        stage_rows(result, lines, write)
+    if not play:
+        print("\n".join(lines))
+        print(f"\nwritten: {out / 'gpu_benchmark.json'}, {out / 'gpu_benchmark.md'}")
+        return
     pl = play_speed(False, "coinrun", device="cuda", cuda_graph=False)
     result["play_coinrun_fp32_eager"] = pl
     lines.append(
@@ -533,6 +635,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller shapes (seconds, for tests)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU figures only")
     p.add_argument("--no-train", action="store_true", help="with --device cuda: the play figures only")
+    p.add_argument("--no-play", action="store_true", help="with --device cuda: the training figures only")
     a = p.parse_args()
     torch.manual_seed(0)
     if a.device == "cuda":
@@ -542,7 +645,7 @@ def main() -> None:
             )
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        gpu_main(out, train=not a.no_train)
+        gpu_main(out, train=not a.no_train, play=not a.no_play)
         return
     n = 512 if a.quick else 1024
     # This VM's speed drifts by tens of percent within minutes: each train step is timed between matmul
