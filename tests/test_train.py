@@ -130,7 +130,7 @@ def test_lightning_module_fit_two_steps(tmp_path: Path) -> None:
     assert {"val/psnr", "val/ssim", "val/recon_mse"} <= set(results[0])
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
 def test_fused_adamw_clips_gradients_under_mixed_precision(tmp_path: Path, precision: str) -> None:
     # Lightning's mixed-precision plugin refuses to clip for the fused AdamW (it unscales inside its step);
     # StageModule clips it itself: every GPU config (bf16-mixed, fused, gradient_clip_val 1.0) trains
