@@ -133,6 +133,21 @@ def test_coinrun_experiments_step_on_app_f_batches(name: str, batch: int) -> Non
     assert trainer.val_check_interval == 5000 * accumulate  # batches: validation every 5000 steps
 
 
+@pytest.mark.parametrize(
+    ("name", "batch"),
+    [
+        ("tokenizer_200m", 64),
+        ("lam_300m", 64),
+        ("dynamics_41m", 256),
+        ("dynamics_2_7b", 256),
+        ("dynamics_11b", 512),
+    ],
+)
+def test_paper_batches_are_global(name: str, batch: int) -> None:
+    # the paper's batch per optimizer step, whatever the device count (DDP/FSDP split it, not multiply it)
+    assert compose_experiment(name).data.global_batch_size == batch
+
+
 def test_conf_tree_mirrors_code() -> None:
     for group in ("model", "data", "trainer", "callbacks", "logger", "experiment", "paths"):
         assert (conf_dir() / group).is_dir(), group
