@@ -107,16 +107,18 @@ def test_dynamics_11b_cfg_job_resolves() -> None:
     assert "dim: 5120" in proc.stdout and "depth: 48" in proc.stdout
 
 
+TINY_TOKENIZER = {  # a tokenizer small enough for in-process Lightning fits
+    "image_size": [16, 16],
+    "patch": 4,
+    "num_codes": 32,
+    "code_dim": 8,
+    "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
+    "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
+}
+
+
 def test_lightning_module_fit_two_steps(tmp_path: Path) -> None:
-    model = {
-        "image_size": [16, 16],
-        "patch": 4,
-        "num_codes": 32,
-        "code_dim": 8,
-        "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
-        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-    }
-    module = TokenizerModule(model=model, optim={"lr": 1e-3, "warmup_steps": 1})
+    module = TokenizerModule(model=TINY_TOKENIZER, optim={"lr": 1e-3, "warmup_steps": 1})
     data = [
         {"video": torch.rand(3, 16, 16).expand(2, 3, 16, 16).clone(), "actions": torch.zeros(1).long()}
     ] * 4
@@ -134,16 +136,8 @@ def _fit_fused_grad_norms(tmp_path: Path, precision: str, clip: float) -> list[f
     """Two steps of a tiny tokenizer with the fused AdamW; the gradient norm each step stepped with."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    model = {
-        "image_size": [16, 16],
-        "patch": 4,
-        "num_codes": 32,
-        "code_dim": 8,
-        "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
-        "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-    }
     torch.manual_seed(0)
-    module = TokenizerModule(model=model, optim={"lr": 1e-3, "warmup_steps": 1, "fused": True})
+    module = TokenizerModule(model=TINY_TOKENIZER, optim={"lr": 1e-3, "warmup_steps": 1, "fused": True})
     norms: list[float] = []
 
     class GradNorm(L.Callback):

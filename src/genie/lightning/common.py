@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from genie.models.io import config_from_dict, load_model
@@ -31,8 +32,6 @@ class StageModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        from lightning.pytorch.plugins.precision import MixedPrecision
-
         plugin = self.trainer.precision_plugin if self._trainer is not None else None
         fused = getattr(optimizer, "_step_supports_amp_scaling", False)
         if not gradient_clip_val or not fused or not isinstance(plugin, MixedPrecision):
