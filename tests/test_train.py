@@ -107,6 +107,51 @@ def test_dynamics_11b_cfg_job_resolves() -> None:
     assert "dim: 5120" in proc.stdout and "depth: 48" in proc.stdout
 
 
+@pytest.mark.slow
+def test_app_f_experiments_train_with_their_gpu_settings(tmp_path: Path) -> None:
+    # The CoinRun (App. F) configs as a GPU runs them - bf16-mixed, the fused AdamW with gradient clipping,
+    # App. F's batches as accumulated micro-batches, prepended actions - through the real command, on the CPU
+    # with narrow blocks (until the clipping fix every single-GPU run stopped at its first step)
+    from genie.data.synthetic import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path / "data" / "coinrun", train_clips=16, val_clips=4, clips_per_shard=8)
+    narrow = "{dim: 32, depth: 1, num_heads: 2}"
+    common = [
+        "trainer.accelerator=cpu",  # the experiments' trainer=gpu otherwise, bf16-mixed included
+        "data.num_workers=0",
+        "data.val_batch_size=2",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=4",
+        "trainer.limit_val_batches=1",
+        "final_val_batches=1",
+    ]
+    runs = {
+        "coinrun_tokenizer": [
+            f"model.model.encoder={narrow}",
+            f"model.model.decoder={narrow}",
+            "data.global_batch_size=4",
+        ],
+        "coinrun_lam": [
+            f"model.model.encoder={narrow}",
+            f"model.model.decoder={narrow}",
+            "data.batch_size=2",
+        ],
+        "coinrun_dynamics": [
+            f"model.model.transformer={narrow}",
+            "data.global_batch_size=4",
+            f"model.tokenizer_ckpt={tmp_path / 'coinrun_tokenizer' / 'checkpoints' / 'last.ckpt'}",
+            f"model.lam_ckpt={tmp_path / 'coinrun_lam' / 'checkpoints' / 'last.ckpt'}",
+            "model.sampling.steps=2",
+            "model.eval_batches=1",
+        ],
+    }
+    for name, overrides in runs.items():
+        proc = run_train(tmp_path, f"+experiment={name}", *common, *overrides, run_dir=tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["global_step"] == 2, name
+
+
 TINY_TOKENIZER = {  # a tokenizer small enough for in-process Lightning fits
     "image_size": [16, 16],
     "patch": 4,
