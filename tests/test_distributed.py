@@ -148,6 +148,18 @@ def test_fsdp_bf16_on_gpu(tmp_path: Path) -> None:
     assert metrics["global_step"] == 6
 
 
+def test_memory_plan_takes_the_experiments_batch_per_device() -> None:
+    from dataclasses import replace
+
+    from genie.memory import MemoryPlan, report
+
+    p = MemoryPlan("x", "dynamics", 10, 16, 4, 2, 2, 1, batch_size=24, global_batch_size=48, accumulate=2)
+    assert [p.device_batch(n) for n in (1, 2, 8)] == [24, 12, 3]
+    assert replace(p, global_batch_size=None).device_batch(8) == 24  # a per-device batch stays as it is
+    assert "batch 12 (the experiment's: 48 / (2 devices x 2 micro-batches))" in report(p, devices=2)
+    assert "per device at batch 5: " in report(p, devices=2, batch=5)
+
+
 def test_memory_plan_counts_what_autograd_saves() -> None:
     from genie.memory import _saved_bytes, plan, report
     from genie.params import build, compose_config

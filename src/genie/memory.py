@@ -38,6 +38,16 @@ class MemoryPlan:
     activations_bf16: int
     checkpointed_fp32: int  # bytes per sample with per-block checkpointing
     checkpointed_bf16: int
+    batch_size: int = 1  # the experiment's data.batch_size
+    global_batch_size: int | None = None  # its data.global_batch_size (the batch per optimizer step)
+    accumulate: int = 1  # its trainer.accumulate_grad_batches
+
+    def device_batch(self, devices: int = 1) -> int:
+        """The clips one device takes per micro-batch as the experiment trains on ``devices`` devices:
+        the global batch / (devices × accumulation steps) where the experiment sets one, else its batch."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        return max(1, self.global_batch_size // (devices * self.accumulate))
 
     def states(self, devices: int = 1, sharded: bool = True) -> dict[str, float]:
         """Bytes per device of fp32 weights, gradients and AdamW's two moments."""
@@ -189,15 +199,38 @@ def plan(overrides: list[str]) -> MemoryPlan:
         for dtype in (torch.float32, torch.bfloat16):
             stage_, fresh, _ = build(cfg)
             numbers.append(_activations(stage_, fresh, frames, dtype, checkpointing))
-    return MemoryPlan(cfg.task_name, stage, sum(p.numel() for p in model.parameters()), frames, *numbers)
+    data, trainer = cfg.get("data", {}), cfg.get("trainer", {})
+    return MemoryPlan(
+        cfg.task_name,
+        stage,
+        sum(p.numel() for p in model.parameters()),
+        frames,
+        activations_fp32=numbers[0],
+        activations_bf16=numbers[1],
+        checkpointed_fp32=numbers[2],
+        checkpointed_bf16=numbers[3],
+        batch_size=int(data.get("batch_size") or 1),
+        global_batch_size=data.get("global_batch_size"),
+        accumulate=int(trainer.get("accumulate_grad_batches") or 1),
+    )
 
 
 def gib(n: float) -> str:
     return f"{n / 2**30:,.2f} GiB" if n >= 2**28 else f"{n / 2**20:,.1f} MiB"
 
 
-def report(p: MemoryPlan, devices: int = 1, batch: int = 1, sharded: bool = True) -> str:
+def report(p: MemoryPlan, devices: int = 1, batch: int | None = None, sharded: bool = True) -> str:
+    """The plan as text; ``batch``: clips per device (None: the experiment's, :meth:`MemoryPlan.device_batch`)."""
     st = p.states(devices, sharded)
+    whose = ""
+    if batch is None:
+        batch = p.device_batch(devices)
+        whose = (
+            f" (the experiment's: {p.global_batch_size} / ({devices} device{'s' if devices > 1 else ''}"
+            f" x {p.accumulate} micro-batch{'es' if p.accumulate > 1 else ''}))"
+            if p.global_batch_size is not None
+            else " (the experiment's data.batch_size)"
+        )
     state = sum(st.values())
     how = f"FULL_SHARD over {devices} devices" if sharded else f"replicated (DDP) on {devices} devices"
     lines = [
@@ -207,7 +240,7 @@ def report(p: MemoryPlan, devices: int = 1, batch: int = 1, sharded: bool = True
         "  activations per sample:      fp32          bf16",
         f"    plain                 {gib(p.activations_fp32):>12}  {gib(p.activations_bf16):>12}",
         f"    checkpointed blocks   {gib(p.checkpointed_fp32):>12}  {gib(p.checkpointed_bf16):>12}",
-        f"  per device at batch {batch}: bf16 {gib(state + batch * p.activations_bf16)} plain, "
+        f"  per device at batch {batch}{whose}: bf16 {gib(state + batch * p.activations_bf16)} plain, "
         f"{gib(state + batch * p.checkpointed_bf16)} checkpointed (+ temporaries, allocator slack ~10-20%)",
     ]
     return "\n".join(lines)
@@ -218,7 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--devices", type=int, default=1, help="devices the states are sharded over")
-    parser.add_argument("--batch", type=int, default=1, help="per-device batch for the total")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="per-device batch for the total (default: the experiment's)"
+    )
     parser.add_argument("--ddp", action="store_true", help="replicated states (DDP) instead of FULL_SHARD")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
