@@ -156,6 +156,8 @@ def test_memory_plan_takes_the_experiments_batch_per_device() -> None:
     p = MemoryPlan("x", "dynamics", 10, 16, 4, 2, 2, 1, batch_size=24, global_batch_size=48, accumulate=2)
     assert [p.device_batch(n) for n in (1, 2, 8)] == [24, 12, 3]
     assert replace(p, global_batch_size=None).device_batch(8) == 24  # a per-device batch stays as it is
+    with pytest.raises(ValueError, match="does not split over 5 devices x 2"):  # as training would say
+        p.device_batch(5)
     assert "batch 12 (the experiment's: 48 / (2 devices x 2 micro-batches))" in report(p, devices=2)
     assert "per device at batch 5: " in report(p, devices=2, batch=5)
 

@@ -44,10 +44,13 @@ class MemoryPlan:
 
     def device_batch(self, devices: int = 1) -> int:
         """The clips one device takes per micro-batch as the experiment trains on ``devices`` devices:
-        the global batch / (devices × accumulation steps) where the experiment sets one, else its batch."""
+        the global batch / (devices × accumulation steps) where the experiment sets one (as training splits
+        it: an error where it does not split evenly), else its batch."""
+        from genie.data.datamodule import per_device_batch
+
         if self.global_batch_size is None:
             return self.batch_size
-        return max(1, self.global_batch_size // (devices * self.accumulate))
+        return per_device_batch(self.global_batch_size, devices, self.accumulate)
 
     def states(self, devices: int = 1, sharded: bool = True) -> dict[str, float]:
         """Bytes per device of fp32 weights, gradients and AdamW's two moments."""
@@ -258,9 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         p = plan(overrides)
+        text = report(p, args.devices, args.batch, not args.ddp)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    print(report(p, args.devices, args.batch, not args.ddp))
+    print(text)
 
 
 if __name__ == "__main__":

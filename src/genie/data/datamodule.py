@@ -14,6 +14,18 @@ from genie.data.pipeline import ClipStream, expand_shards
 from genie.data.synthetic import write_synthetic_shards
 
 
+def per_device_batch(global_batch_size: int, devices: int, accumulate: int = 1) -> int:
+    """The clips each of ``devices`` devices takes per micro-batch when ``global_batch_size`` clips make one
+    optimizer step over ``accumulate`` micro-batches; a one-line error where it does not split evenly."""
+    per_device, rest = divmod(global_batch_size, devices * accumulate)
+    if rest or per_device < 1:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} does not split over {devices} devices x "
+            f"{accumulate} accumulation steps; choose a multiple of {devices * accumulate}"
+        )
+    return per_device
+
+
 class ClipDataModule(L.LightningDataModule):
     """Train/val clip streams.
 
@@ -79,13 +91,7 @@ class ClipDataModule(L.LightningDataModule):
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
-        per_device, rest = divmod(self.global_batch_size, world * accumulate)
-        if rest or per_device < 1:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} does not split over {world} devices x "
-                f"{accumulate} accumulation steps; choose a multiple of {world * accumulate}"
-            )
-        self.batch_size = per_device
+        self.batch_size = per_device_batch(self.global_batch_size, world, accumulate)
 
     def stream(self, split: str, repeat: bool) -> ClipStream:
         urls = self.train_shards if split == "train" else self.val_shards
