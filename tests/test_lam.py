@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from genie.models.lam import LAMConfig, LatentActionModel
+from genie.models.lam import LAMConfig, LatentActionModel, windows
 
 
 def tiny_cfg(**kw: object) -> LAMConfig:
@@ -206,3 +206,10 @@ def test_vq_warmup_feeds_continuous_latents_then_closes_the_bottleneck() -> None
     assert not fresh.warming_up  # ... is read again after loading: a resumed run is past its warm-up
     with pytest.raises(ValueError, match="vq_warmup_steps"):
         tiny_cfg(vq_warmup_steps=-1)
+
+
+@pytest.mark.parametrize(("dim", "size", "step"), [(-1, 5, 3), (-2, 5, 2), (1, 2, 1), (-1, 11, 1)])
+def test_warp_windows_as_slices_equal_unfold(dim: int, size: int, step: int) -> None:
+    # (the form XLA runs: its unfold reads the tensor back to the host mid-step)
+    x = torch.randn(2, 3, 9, 11)
+    assert torch.equal(windows(x, dim, size, step, slices=True), x.unfold(dim, size, step))

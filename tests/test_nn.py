@@ -418,11 +418,23 @@ def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represen
     rare = torch.randn(26, 4) * 0.1 + 10.0
     data = torch.cat((torch.zeros(486, 4), rare))
     vq(data)  # restarts the 7 dead codes
+    assert torch.equal(vq.codebook.data[0], torch.zeros(4))  # the live code is left as it was
     on_rare = int(((vq.codebook.data[1:] - 10.0).abs().max(-1).values < 1).sum())
     if restart == "error":
         assert on_rare == 7  # every restarted code lands on a badly represented vector
     else:
         assert on_rare <= 3  # uniform draws mostly copy the common vector again (expected 0.35 of 7)
+
+
+@pytest.mark.parametrize("restart", ["uniform", "error"])
+@pytest.mark.parametrize("ema", [False, True])
+def test_vq_training_call_never_waits_for_the_device(restart: str, ema: bool) -> None:
+    # Restarts and EMA run in fixed shapes: the whole training call runs on meta tensors, where reading any
+    # value raises (what would be a host sync per step on a GPU and a cut graph on XLA).
+    vq = VectorQuantizer(16, 4, use_ema=ema, dead_code_steps=1, init_from_data=False, restart=restart)
+    vq = vq.train().to("meta")
+    out = vq(torch.randn(64, 4, device="meta"))
+    assert out.z_q.shape == (64, 4) and out.indices.shape == (64,)
 
 
 def test_vq_restart_option_is_checked() -> None:
@@ -451,6 +463,9 @@ def test_vq_init_from_data_on_first_training_call() -> None:
     before = vq.codebook.data.clone()
     vq(torch.randn(256, 4))
     assert torch.equal(before, vq.codebook.data)  # only once
+    vq.load_state_dict(VectorQuantizer(16, 4, dead_code_steps=0).state_dict())  # an uninitialised state:
+    vq(data)  # the next training call initialises from data again
+    assert (vq.codebook.data - 5.0).abs().max() < 0.1
 
 
 def test_vq_ema_moves_codes_to_data() -> None:

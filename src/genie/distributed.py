@@ -9,16 +9,20 @@
   Lightning's XLA strategy: fp32 master weights and optimizer state, sharded; bf16 compute
   (``compute_dtype="bf16"``); checkpoints hold ordinary full-shape weights and optimizer state, so they load
   in one process or on GPUs, and their layout does not depend on the device count.
+- :func:`xla_ddp_strategy` — data parallel on the same XLA devices (every chip a full replica, gradients
+  all-reduced, bf16 autocast compute): for the tokenizer and LAM, whose VQ codebooks are written in place
+  during training (data init, dead-code restarts, EMA), which XLA FSDP's gathered weights would lose.
 - :class:`ScalePolicies` — a callback that, before the strategy wraps the model, turns on activation
   checkpointing in every ST stack (each block's activations are recomputed in backward: the one
   checkpointing mechanism, ``STConfig.checkpoint_activations``) and optionally compiles each block with
   ``torch.compile``.
 
-Select them with ``trainer=ddp|fsdp|xla`` (``conf/trainer/``); ``callbacks.scale`` holds the policies.
+Select them with ``trainer=ddp|fsdp|xla|xla_ddp`` (``conf/trainer/``); ``callbacks.scale`` holds the policies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -28,6 +32,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import XLAAccelerator
+from lightning.pytorch.plugins.precision import XLAPrecision
 from lightning.pytorch.strategies import FSDPStrategy, XLAStrategy
 from torch import Tensor, nn
 
@@ -157,12 +162,12 @@ class GenieXLAAccelerator(XLAAccelerator):
 
 
 def xla_accelerator() -> GenieXLAAccelerator:
-    """The accelerator for ``trainer=xla`` (needs the ``xla`` extra: torch-xla, beside the torch it pins)."""
+    """The accelerator for ``trainer=xla`` and ``trainer=xla_ddp`` (needs the ``xla`` extra: torch-xla, beside the torch it pins)."""
     try:
         import torch_xla  # noqa: F401
     except ImportError as err:
         raise ImportError(
-            f"trainer=xla needs torch-xla ({err}); install the `xla` extra in its own venv "
+            f"trainer=xla and trainer=xla_ddp need torch-xla ({err}); install the `xla` extra in its own venv "
             "(make test-xla builds .venv-xla: torch==2.9.0 torch-xla==2.9.0)"
         ) from None
     return GenieXLAAccelerator()  # PJRT_DEVICE unset: torch-xla picks TPU where there is one, else CPU
@@ -178,6 +183,52 @@ def xla_fsdp_strategy(compute_dtype: str = "bf16", sync_module_states: bool = Fa
     return GenieXLAFSDPStrategy(
         compute_dtype=XLA_DTYPES[compute_dtype], sync_module_states=sync_module_states
     )
+
+
+def xla_ddp_strategy(compute_dtype: str = "bf16", sync_module_states: bool = True) -> GenieXLAStrategy:
+    """Lightning's XLA strategy, data parallel: every device holds the whole model and the gradients are
+    all-reduced before each step; ``compute_dtype`` ``bf16``: the forward under bf16 autocast (fp32 weights,
+    optimizer state and VQ distances), or ``fp32``. ``sync_module_states``: rank 0's initial weights are
+    broadcast first (each process initialises its own)."""
+    if compute_dtype not in XLA_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {sorted(XLA_DTYPES)}, got {compute_dtype!r}")
+    return GenieXLAStrategy(
+        precision_plugin=XLAAutocast(XLA_DTYPES[compute_dtype]), sync_module_states=sync_module_states
+    )
+
+
+class XLAAutocast(XLAPrecision):
+    """Lightning's XLA precision (fp32 weights; gradients all-reduced by torch-xla before the step) with the
+    forward passes under ``torch.autocast("xla", dtype)`` (no autocast for fp32)."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__("32-true")
+        self.dtype = dtype
+
+    def forward_context(self) -> Any:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast("xla", dtype=self.dtype)
+
+
+class GenieXLAStrategy(XLAStrategy):
+    """Lightning's XLA (data-parallel) strategy for ``trainer=xla_ddp``, also on one device (``PJRT_DEVICE=CPU``:
+    Lightning's own refuses a world of one). With several devices ``torch.distributed`` runs on torch-xla's
+    ``xla`` backend, so the VQ quantiser's collectives (usage and EMA statistics summed over the ranks,
+    restarted codes broadcast from rank 0) keep one codebook on every replica."""
+
+    strategy_name = "genie_xla_ddp"
+
+    def setup_distributed(self) -> None:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        rank_zero_only.rank = self.global_rank  # type: ignore[attr-defined]
+        import torch.distributed as dist
+
+        if self.world_size > 1 and not dist.is_initialized():
+            import torch_xla.distributed.xla_backend  # noqa: F401  (registers the "xla" backend)
+
+            dist.init_process_group("xla", init_method="xla://")
 
 
 def _xla_units(module: nn.Module) -> list[tuple[str, Any]]:
@@ -368,8 +419,8 @@ def _refuse_inplace_codebooks(module: nn.Module) -> None:
         if not frozen and (not bool(m.initialized) or m.dead_code_steps > 0 or m.use_ema):
             raise ValueError(
                 f"trainer=xla (XLA FSDP) would lose the in-place codebook updates of {name} (data init, "
-                "dead-code restarts, EMA): train the tokenizer and LAM stages with trainer=gpu or trainer=ddp; "
-                "trainer=xla trains the dynamics stage (with a frozen LAM)"
+                "dead-code restarts, EMA): train the tokenizer and LAM stages with trainer=xla_ddp (data parallel on "
+                "the same devices) or trainer=gpu / trainer=ddp; trainer=xla trains the dynamics stage"
             )
 
 

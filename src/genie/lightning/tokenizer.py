@@ -15,8 +15,10 @@ from genie.lightning.common import (
     StageModule,
     as_dataclass,
     build_optimizer,
+    frame_window,
     media_root,
     plain_data,
+    random_window,
 )
 from genie.media import save_gif, video_grid
 from genie.models.tokenizer import TokenizerConfig, VideoTokenizer
@@ -68,8 +70,8 @@ class TokenizerModule(StageModule):
         w = self.short_window
         if w is None or w >= t or b <= self.long_clips:
             return [video_BTCHW]
-        start = int(torch.randint(0, t - w + 1, ()))
-        return [video_BTCHW[self.long_clips :, start : start + w], video_BTCHW[: self.long_clips]]
+        start, stop = random_window(t, w)
+        return [frame_window(video_BTCHW[self.long_clips :], start, stop), video_BTCHW[: self.long_clips]]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         views = self.training_views(batch["video"])

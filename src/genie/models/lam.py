@@ -346,9 +346,9 @@ class LatentActionModel(nn.Module):
         taps = taps.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :h, :w]  # (BT, H, W, 2, k)
         x = context.flatten(0, 1).float()
         # each pass: the k shifted copies as one strided view (no copies, one product, one sum over k)
-        shifted = F.pad(x, (r * s, r * s, 0, 0), mode="replicate").unfold(-1, w, s)  # (BT, C, H, k, W)
+        shifted = windows(F.pad(x, (r * s, r * s, 0, 0), mode="replicate"), -1, w, s)  # (BT, C, H, k, W)
         x = (shifted * taps[..., 0, :].permute(0, 1, 3, 2)[:, None]).sum(-2)
-        shifted = F.pad(x, (0, 0, r * s, r * s), mode="replicate").unfold(-2, h, s)  # (BT, C, k, W, H)
+        shifted = windows(F.pad(x, (0, 0, r * s, r * s), mode="replicate"), -2, h, s)  # (BT, C, k, W, H)
         x = (shifted * taps[..., 1, :].permute(0, 3, 2, 1)[:, None]).sum(2).transpose(-1, -2)
         return x.reshape(b, t, *x.shape[1:])
 
@@ -388,3 +388,14 @@ class LatentActionModel(nn.Module):
             recon = F.mse_loss(pred.float(), target.float())
         loss = self.cfg.recon_weight * recon + vq_loss
         return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon)
+
+
+def windows(x: Tensor, dim: int, size: int, step: int, slices: bool | None = None) -> Tensor:
+    """``x.unfold(dim, size, step)``: the windows along ``dim`` (their count in place of ``dim``, each window's
+    elements on a new last axis) - a strided view; ``slices`` (the default on XLA, whose ``unfold`` reads the
+    tensor back to the host, cutting the step's graph) stacks the windows as slices instead."""
+    if not (x.device.type == "xla" if slices is None else slices):
+        return x.unfold(dim, size, step)
+    d = dim % x.dim()
+    count = (x.shape[d] - size) // step + 1
+    return torch.stack([x.narrow(d, i * step, size) for i in range(count)], d).movedim(d + 1, -1)

@@ -9,6 +9,7 @@ restarted on encoder outputs from the current batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,11 @@ class VectorQuantizer(nn.Module):
       (in proportion to each vector's squared distance to its code: new codes go where the codebook
       represents the data worst, e.g. the rare edges of a mostly flat image, not onto another copy of the
       commonest vector).
+
+    A training call never waits for the device: the codebook updates (EMA, restarts) run in fixed shapes
+    whatever the number of dead codes - a candidate for every code is drawn and kept where the code is dead -
+    so a GPU step queues ahead without a host sync, and on XLA each step stays one graph, compiled once.
+    (Only the first training call reads ``initialized``, to know whether to initialise from data.)
     """
 
     unused_steps: Tensor
@@ -84,6 +90,7 @@ class VectorQuantizer(nn.Module):
         self.codebook = nn.Parameter(embed, requires_grad=not use_ema)
         self.register_buffer("unused_steps", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(not init_from_data))
+        self._known_initialized = not init_from_data  # ``initialized`` once read or set (see _is_initialized)
         if use_ema:
             self.register_buffer("ema_count", torch.ones(num_codes))
             self.register_buffer("ema_sum", embed.clone())
@@ -107,7 +114,7 @@ class VectorQuantizer(nn.Module):
             z_ND = z.reshape(-1, self.code_dim).float()
             if self.l2_normalize:
                 z_ND = F.normalize(z_ND, dim=-1)
-            if self.training and not bool(self.initialized):
+            if self.training and not self._is_initialized():
                 self._init_from_data(z_ND.detach())
             codes_KD = self.codes().float()
             dist_NK = (
@@ -149,26 +156,40 @@ class VectorQuantizer(nn.Module):
             counts=counts_K,
         )
 
+    def _is_initialized(self) -> bool:
+        """``initialized``, read from the device at most once per module (or loaded state): afterwards a Python
+        flag answers, so training steps do not wait for the device to read it."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # read the loaded ``initialized`` on the next training call
+
     @torch.no_grad()
     def _init_from_data(self, z_ND: Tensor) -> None:
         pick = torch.randint(0, z_ND.shape[0], (self.num_codes,), device=z_ND.device)
         new_KD = z_ND[pick] + 1e-3 * torch.randn(self.num_codes, self.code_dim, device=z_ND.device)
         self._set_codes(torch.ones(self.num_codes, dtype=torch.bool, device=z_ND.device), new_KD)
         self.initialized.fill_(True)
+        self._known_initialized = True
 
     @torch.no_grad()
     def _set_codes(self, which_K: Tensor, new_KD: Tensor) -> None:
-        """Replace the codes ``which_K`` by ``new_KD`` (the same on every rank: broadcast from rank 0)."""
+        """Replace the codes ``which_K`` by the same rows of ``new_KD`` (K x D: a candidate for every code; the
+        other rows are ignored), the same on every rank (broadcast from rank 0), in fixed shapes."""
         if self.l2_normalize:
             new_KD = F.normalize(new_KD, dim=-1)
         if _distributed():
             dist.broadcast(new_KD, src=0)
         new_KD = new_KD.to(self.codebook.dtype)
-        self.codebook.data[which_K] = new_KD
+        which_K1 = which_K[:, None]
+        self.codebook.data.copy_(torch.where(which_K1, new_KD, self.codebook.data))
         if self.use_ema:
-            self.ema_sum[which_K] = new_KD
-            self.ema_count[which_K] = 1.0
-        self.unused_steps[which_K] = 0
+            self.ema_sum.copy_(torch.where(which_K1, new_KD, self.ema_sum))
+            self.ema_count.masked_fill_(which_K, 1.0)
+        self.unused_steps.masked_fill_(which_K, 0)
 
     @torch.no_grad()
     def _ema_update(self, z_ND: Tensor, idx_N: Tensor, counts_K: Tensor) -> None:
@@ -192,14 +213,21 @@ class VectorQuantizer(nn.Module):
         self.unused_steps.add_(1).masked_fill_(counts_K > 0, 0)
         # counts are summed over ranks, so unused_steps (and dead_K) are already identical on every rank
         dead_K: Tensor = self.unused_steps >= self.dead_code_steps
-        n_dead = int(dead_K.sum())
-        if n_dead == 0:
-            return
-        if err_N is not None and bool(err_N.sum() > 0):  # in proportion to the quantisation error
-            pick = torch.multinomial(err_N, n_dead, replacement=n_dead > int((err_N > 0).sum()))
-        else:
-            pick = torch.randint(0, z_ND.shape[0], (n_dead,), device=z_ND.device)
-        self._set_codes(dead_K, z_ND[pick] + 1e-3 * torch.randn(n_dead, self.code_dim, device=z_ND.device))
+        n, k = z_ND.shape[0], self.num_codes
+        if err_N is None:
+            pick_K = torch.randint(0, n, (k,), device=z_ND.device)
+        else:  # in proportion to the quantisation error (uniformly where no vector has any)
+            weight_N = torch.where(err_N.sum() > 0, err_N, torch.ones_like(err_N))
+            if n >= k:  # without replacement: the top k of log-weight + Gumbel noise (Gumbel top-k)
+                u_N = torch.rand_like(weight_N).clamp(1e-12, 1 - 1e-7)
+                keys_N = weight_N.clamp_min(1e-30).log() - (-u_N.log()).log()
+                pick_K = keys_N.topk(k).indices  # in drawing order (as successive draws would come)
+            else:  # fewer vectors than codes: with replacement
+                pick_K = torch.multinomial(weight_N, k, replacement=True)
+        # the i-th dead code takes the i-th draw, so a few dead codes take the first (likeliest) ones
+        slot_K = (dead_K.long().cumsum(0) - 1).clamp_min(0)
+        new_KD = z_ND[pick_K[slot_K]] + 1e-3 * torch.randn(k, self.code_dim, device=z_ND.device)
+        self._set_codes(dead_K, new_KD)
 
 
 def _distributed() -> bool:
