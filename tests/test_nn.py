@@ -395,9 +395,10 @@ def test_vq_picks_nearest_code_and_reports_usage() -> None:
     torch.testing.assert_close(out.perplexity, torch.exp(-(probs * probs.log()).sum()))
 
 
-def test_dead_code_restart_revives_unused_codes() -> None:
+@pytest.mark.parametrize("fixed_shapes", [None, True])
+def test_dead_code_restart_revives_unused_codes(fixed_shapes: bool | None) -> None:
     torch.manual_seed(0)
-    vq = VectorQuantizer(32, 4, dead_code_steps=5, init_from_data=False).train()
+    vq = VectorQuantizer(32, 4, dead_code_steps=5, init_from_data=False, fixed_shapes=fixed_shapes).train()
     vq.codebook.data[1:] += 100.0  # all but code 0 far from the data: dead
     data = torch.randn(512, 4)
     assert vq(data).usage.item() == 1 / 32
@@ -408,11 +409,17 @@ def test_dead_code_restart_revives_unused_codes() -> None:
     assert vq.codebook.data.abs().max() < 50
 
 
+@pytest.mark.parametrize("fixed_shapes", [None, True])
 @pytest.mark.parametrize("restart", ["uniform", "error"])
-def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represented(restart: str) -> None:
+def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represented(
+    restart: str, fixed_shapes: bool | None
+) -> None:
     # 95% of the vectors sit on code 0; 5% are far away, each on its own (the rare edges of a flat image)
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 4, dead_code_steps=1, init_from_data=False, restart=restart).train()
+    vq = VectorQuantizer(
+        8, 4, dead_code_steps=1, init_from_data=False, restart=restart, fixed_shapes=fixed_shapes
+    )
+    vq.train()
     vq.codebook.data.zero_()
     vq.codebook.data[1:] += 100.0  # dead
     rare = torch.randn(26, 4) * 0.1 + 10.0
@@ -429,8 +436,8 @@ def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represen
 @pytest.mark.parametrize("restart", ["uniform", "error"])
 @pytest.mark.parametrize("ema", [False, True])
 def test_vq_training_call_never_waits_for_the_device(restart: str, ema: bool) -> None:
-    # Restarts and EMA run in fixed shapes: the whole training call runs on meta tensors, where reading any
-    # value raises (what would be a host sync per step on a GPU and a cut graph on XLA).
+    # On XLA (and meta) restarts run in fixed shapes: the whole training call runs on meta tensors, where
+    # reading any value raises (what would be a cut graph on XLA and a host sync per step on a GPU).
     vq = VectorQuantizer(16, 4, use_ema=ema, dead_code_steps=1, init_from_data=False, restart=restart)
     vq = vq.train().to("meta")
     out = vq(torch.randn(64, 4, device="meta"))
