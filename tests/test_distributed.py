@@ -64,9 +64,13 @@ def fit(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return train_losses(run), json.loads((run / "metrics.json").read_text())
+
+
+def train_losses(run: Path) -> list[float]:
+    """The ``train/loss`` of every logged step of a genie.train run in ``run``."""
     with (run / "logs" / "metrics.csv").open() as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    return losses, json.loads((run / "metrics.json").read_text())
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 CPU2 = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "data.batch_size=2"]

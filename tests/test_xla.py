@@ -7,7 +7,6 @@ second run resumes from it. The tokenizer and LAM, which XLA FSDP refuses, train
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from genie.models.io import load_model
-from test_distributed import DATA, fit
+from test_distributed import DATA, fit, train_losses
 
 try:
     import torch_xla  # noqa: F401
@@ -93,9 +92,7 @@ def train_vq_stage(tmp_path: Path, experiment: str, name: str, *extra: str) -> t
     env = {**os.environ, **PJRT_CPU, "PT_XLA_DEBUG_LEVEL": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    with (run / "logs" / "metrics.csv").open() as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    return losses, json.loads((run / "metrics.json").read_text()), proc.stdout + proc.stderr
+    return train_losses(run), json.loads((run / "metrics.json").read_text()), proc.stdout + proc.stderr
 
 
 def step_graphs(report: str) -> int:

@@ -45,7 +45,6 @@ class VectorQuantizer(nn.Module):
       (in proportion to each vector's squared distance to its code: new codes go where the codebook
       represents the data worst, e.g. the rare edges of a mostly flat image, not onto another copy of the
       commonest vector).
-
     - ``fixed_shapes``: restart in fixed shapes whatever the number of dead codes - a candidate is drawn for
       every code and kept where the code is dead (error-weighted draws without replacement as Gumbel top-k) -
       so a training call never reads a value back from the device: on XLA each training step stays one
