@@ -153,6 +153,77 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(shards: Path, tmp_
     assert "unreadable shard" in caplog.text
 
 
+def _cut(src: Path, dst: Path, where: str) -> Path:
+    """``src`` cut short halfway through the header of its middle member, or right before that header."""
+    with tarfile.open(src) as tar:
+        member = tar.getmembers()[len(tar.getmembers()) // 2]
+    end = member.offset + (256 if where == "header" else 0)
+    dst.write_bytes(src.read_bytes()[:end])
+    return dst
+
+
+@pytest.mark.parametrize("where", ["header", "boundary"])
+def test_shard_cut_at_a_header_is_counted_and_warned(
+    shards: Path, tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = sorted(shards.glob("train-*.tar"))[0]
+    cut = _cut(good, tmp_path / "cut.tar", where)
+    stream = ClipStream(str(cut), frames=8)
+    items = list(stream)
+    assert 0 < len(items) < 10  # the clips before the cut are kept
+    assert stream.errors.shards == 1
+    assert "truncated" in caplog.text and "cut.tar" in caplog.text
+    with pytest.raises(tarfile.ReadError, match="truncated"):
+        list(read_shard(cut))
+
+
+@pytest.mark.parametrize("where", ["header", "boundary"])
+def test_inspect_reports_a_shard_cut_at_a_header(shards: Path, tmp_path: Path, where: str) -> None:
+    import subprocess
+    import sys
+
+    cut = _cut(sorted(shards.glob("train-*.tar"))[0], tmp_path / "cut.tar", where)
+    tool = Path(__file__).parents[1] / "tools" / "inspect_shards.py"
+    proc = subprocess.run([sys.executable, str(tool), str(cut)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "CORRUPT shards (1)" in proc.stdout and "truncated" in proc.stdout
+
+
+def _float_shard(path: Path, clips: int = 3) -> Path:
+    """A shard whose every clip has float32 frames (decoding refuses them)."""
+    import io
+
+    from genie.data.shards import encode_frames
+
+    with tarfile.open(path, "w") as tar:
+        for k in range(clips):
+            blob = encode_frames(np.zeros((16, 8, 8, 3), np.float32))
+            for name, data in ((f"c{k}.npz", blob), (f"c{k}.json", json.dumps({"fps": 10}).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.timeout(120)  # a hang guard: the stream used to loop over empty epochs forever
+def test_repeating_stream_with_no_usable_clip_stops_with_the_reason(tmp_path: Path) -> None:
+    shard = _float_shard(tmp_path / "bad-000000.tar")
+    stream = ClipStream(str(shard), frames=16, size=(8, 8), repeat=True)
+    with pytest.raises(
+        ValueError, match=r"bad-000000.tar .*gave no usable clip: .*3 unreadable clips.*float32"
+    ):
+        next(iter(stream))
+
+
+@pytest.mark.timeout(120)
+def test_repeating_stream_over_unreadable_shards_stops(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"not a tar file" * 100)
+    stream = ClipStream(str(garbage), repeat=True)
+    with pytest.raises(ValueError, match="1 unreadable shards"):
+        next(iter(stream))
+
+
 def test_corrupt_sample_is_skipped(tmp_path: Path) -> None:
     frames = np.zeros((16, 8, 8, 3), np.uint8)
     path = tmp_path / "s.tar"

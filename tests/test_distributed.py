@@ -206,8 +206,9 @@ def test_memory_plan_takes_the_experiments_batch_per_device() -> None:
 
 
 def test_memory_plan_counts_what_autograd_saves() -> None:
+    from genie.config import compose_config
     from genie.memory import _saved_bytes, plan, report
-    from genie.params import build, compose_config
+    from genie.params import build
 
     cfg = compose_config(["+experiment=lam_tiny"])
     stage, meta_model, _ = build(cfg)

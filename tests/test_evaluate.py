@@ -137,6 +137,16 @@ def test_delta_psnr_is_positive_when_actions_drive_the_world() -> None:
     assert m["dynamics/psnr_t4"] > m["dynamics/psnr_t4_random"]
 
 
+def test_eval_t_past_the_clip_is_refused_not_clamped() -> None:
+    tok, _, dyn = tiny_models()
+    ev = Evaluator(tok, None, dyn, SamplingConfig(steps=1), EvalConfig(fvd=False, eval_t=99))
+    video = clips()
+    with pytest.raises(ValueError, match=rf"eval_t=99 is past the {video['video'].shape[1]}-frame clips"):
+        ev.update(video)
+    with pytest.raises(ValueError, match="eval_t=1"):
+        EvalConfig(eval_t=1)
+
+
 # -- the Evaluator ----------------------------------------------------------------------------------------
 def test_evaluator_reports_every_metric_finite_and_in_range(tmp_path: Path) -> None:
     tok, lam, dyn = tiny_models()

@@ -198,8 +198,8 @@ def stage_step(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from genie.config import compose_config
     from genie.distributed import apply_policies
-    from genie.params import compose_config
 
     names = STAGE_EXPERIMENTS[dims]
     cfg = compose_config([f"+experiment={names[stage]}"])
@@ -556,7 +556,7 @@ def stage_rows(result: dict[str, Any], lines: list[str], write: Callable[[], Non
 def compose_stage_batch(stage: str) -> tuple[int, int]:
     """The CoinRun experiment's batch per optimizer step for ``stage`` (its global batch, where it sets one)
     and the number of micro-batches it is split into on one device."""
-    from genie.params import compose_config
+    from genie.config import compose_config
 
     cfg = compose_config([f"+experiment={STAGE_EXPERIMENTS['coinrun'][stage]}"])
     batch = int(cfg.data.get("global_batch_size") or cfg.data.batch_size)

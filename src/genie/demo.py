@@ -17,7 +17,8 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from genie.train import conf_dir, train
+from genie.config import conf_dir
+from genie.train import train
 
 FAST_DATA = [  # DEMO_FAST: a small dataset shared by every stage
     "data.synthetic.train_clips=200",

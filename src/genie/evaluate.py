@@ -44,6 +44,12 @@ class EvalConfig:
     seed: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the dynamics' sampling config
 
+    def __post_init__(self) -> None:
+        if isinstance(self.eval_t, bool) or not isinstance(self.eval_t, int) or self.eval_t < 2:
+            raise ValueError(
+                f"eval.eval_t={self.eval_t!r}: the ΔtPSNR frame is 1-based and frame 1 is the prompt; give 2 or more"
+            )
+
 
 def _scalar(value: Any) -> float:
     return float(value[0] if isinstance(value, tuple) else value)
@@ -138,7 +144,12 @@ class Evaluator:
             self.psnr_by_t[i - 1].update(frame_psnr(gen[:, i], video[:, i]).cpu())
         self.dyn_psnr.update(frame_psnr(gen[:, 1:], video[:, 1:]).flatten())
         self.dyn_ssim.update(gen[:, 1:].flatten(0, 1), video[:, 1:].flatten(0, 1))
-        n = min(self.cfg.eval_t, t) - 1  # frames generated up to t
+        if self.cfg.eval_t > t:
+            raise ValueError(
+                f"eval.eval_t={self.cfg.eval_t} is past the {t}-frame clips; use eval.eval_t in [2, {t}] or "
+                f"longer clips (frames={self.cfg.eval_t})"
+            )
+        n = self.cfg.eval_t - 1  # frames generated up to t
         if n >= 1:
             g = torch.Generator().manual_seed(seed + 7)
             random_actions = torch.randint(0, self.dynamics.cfg.num_actions, (b, n), generator=g).to(device)
@@ -333,34 +344,29 @@ def run(
     return metrics
 
 
+def _main(cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(cfg.eval, resolve=True)
+    assert isinstance(options, dict)
+    metrics = run(
+        cfg.checkpoint,
+        cfg.shards,
+        cfg.paths.output_dir,
+        EvalConfig(**{str(k): v for k, v in options.items()}),
+        tokenizer=cfg.get("tokenizer_ckpt"),
+        lam=cfg.get("lam_ckpt"),
+        frames=cfg.frames,
+        device=cfg.device,
+    )
+    print(markdown_table(metrics))
+    print(f"[genie] wrote {Path(cfg.paths.output_dir) / 'metrics.json'} and metrics.md")
+
+
 def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from genie.config import hydra_entry
 
-    from genie.train import conf_dir
-
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="evaluate")
-    def _main(cfg: DictConfig) -> None:
-        OmegaConf.resolve(cfg)
-        options = OmegaConf.to_container(cfg.eval, resolve=True)
-        assert isinstance(options, dict)
-        try:
-            metrics = run(
-                cfg.checkpoint,
-                cfg.shards,
-                cfg.paths.output_dir,
-                EvalConfig(**{str(k): v for k, v in options.items()}),
-                tokenizer=cfg.get("tokenizer_ckpt"),
-                lam=cfg.get("lam_ckpt"),
-                frames=cfg.frames,
-                device=cfg.device,
-            )
-        except (ValueError, FileNotFoundError, RuntimeError) as err:
-            raise SystemExit(f"error: {err}") from None
-        print(markdown_table(metrics))
-        print(f"[genie] wrote {Path(cfg.paths.output_dir) / 'metrics.json'} and metrics.md")
-
-    _main()
+    hydra_entry("evaluate", _main, also=(RuntimeError,))()
 
 
 if __name__ == "__main__":

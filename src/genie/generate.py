@@ -74,7 +74,7 @@ def generate(genie: Genie, frame: np.ndarray, actions: torch.Tensor, seed: int =
 
 
 def write_rollout(
-    video: torch.Tensor, out_dir: str | Path, name: str = "rollout", fps: int = 10, scale: int = 4
+    video: torch.Tensor, out_dir: str | Path, name: str = "rollout", fps: float = 10, scale: int = 4
 ) -> dict[str, Path]:
     """GIF, MP4 and strip PNG of ``video_BTCHW`` (one row per world), upscaled ``scale``× (nearest)."""
     out = Path(out_dir)
@@ -102,28 +102,28 @@ def genie_and_prompt(cfg: Any) -> tuple[Genie, np.ndarray]:
     return genie, prompt_frame(genie, cfg.prompt, cfg.shards)
 
 
+def _main(cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
+    steps, fps = cfg.steps, cfg.fps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: give the number of frames to generate, a whole number >= 1")
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 100:
+        raise ValueError(f"fps={fps!r}: give the frame rate of the written videos, a number in (0, 100]")
+    genie, frame = genie_and_prompt(cfg)
+    spec = OmegaConf.to_container(cfg.actions) if OmegaConf.is_list(cfg.actions) else cfg.actions
+    actions = parse_actions(spec, genie.num_actions, steps, cfg.seed)
+    video = generate(genie, frame, actions, cfg.seed)
+    paths = write_rollout(video, cfg.paths.output_dir, fps=fps, scale=cfg.scale)
+    print(f"[genie] {actions.shape[0]} world(s) x {actions.shape[1]} steps from one prompt:")
+    for kind, path in paths.items():
+        print(f"[genie]   {kind}: {path}")
+
+
 def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
+    from genie.config import hydra_entry
 
-    from genie.train import conf_dir
-
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="generate")
-    def _main(cfg: DictConfig) -> None:
-        OmegaConf.resolve(cfg)
-        try:
-            genie, frame = genie_and_prompt(cfg)
-            spec = OmegaConf.to_container(cfg.actions) if OmegaConf.is_list(cfg.actions) else cfg.actions
-            actions = parse_actions(spec, genie.num_actions, cfg.steps, cfg.seed)
-            video = generate(genie, frame, actions, cfg.seed)
-            paths = write_rollout(video, cfg.paths.output_dir, fps=cfg.fps, scale=cfg.scale)
-        except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
-            raise SystemExit(f"error: {err}") from None
-        print(f"[genie] {actions.shape[0]} world(s) x {actions.shape[1]} steps from one prompt:")
-        for kind, path in paths.items():
-            print(f"[genie]   {kind}: {path}")
-
-    _main()
+    hydra_entry("generate", _main, also=(RuntimeError,))()
 
 
 if __name__ == "__main__":

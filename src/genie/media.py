@@ -38,7 +38,7 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def gif_bytes(frames_THW3: np.ndarray, fps: int = 10) -> bytes:
+def gif_bytes(frames_THW3: np.ndarray, fps: float = 10) -> bytes:
     """An animated, looping GIF of ``frames_THW3`` uint8, in memory."""
     images = [Image.fromarray(f) for f in frames_THW3]
     buf = io.BytesIO()
@@ -48,7 +48,7 @@ def gif_bytes(frames_THW3: np.ndarray, fps: int = 10) -> bytes:
     return buf.getvalue()
 
 
-def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
+def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: float = 10) -> Path:
     """Write an animated GIF (looping) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def save_gif(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
     return path
 
 
-def save_mp4(frames_THW3: np.ndarray, path: str | Path, fps: int = 10) -> Path:
+def save_mp4(frames_THW3: np.ndarray, path: str | Path, fps: float = 10) -> Path:
     """Write an H.264 MP4 (yuv420p, so any player opens it) with PyAV (the ``video`` extra)."""
     try:
         import av

@@ -192,7 +192,8 @@ def _block_input_bytes(
 
 
 def plan(overrides: list[str]) -> MemoryPlan:
-    from genie.params import build, compose_config
+    from genie.config import compose_config
+    from genie.params import build
 
     cfg = compose_config(overrides)
     stage, model, _ = build(cfg)
@@ -249,13 +250,27 @@ def report(p: MemoryPlan, devices: int = 1, batch: int | None = None, sharded: b
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--devices", type=int, default=1, help="devices the states are sharded over")
+    parser.add_argument("--devices", type=_positive, default=1, help="devices the states are sharded over")
     parser.add_argument(
-        "--batch", type=int, default=None, help="per-device batch for the total (default: the experiment's)"
+        "--batch",
+        type=_positive,
+        default=None,
+        help="per-device batch for the total (default: the experiment's)",
     )
     parser.add_argument("--ddp", action="store_true", help="replicated states (DDP) instead of FULL_SHARD")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)

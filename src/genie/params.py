@@ -13,11 +13,10 @@ import sys
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from genie.config import compose_config
 from genie.models.io import _BUILD, config_from_dict
-from genie.train import conf_dir
 
 _STAGES = {"TokenizerModule": "tokenizer", "LAMModule": "lam", "DynamicsModule": "dynamics"}
 
@@ -53,19 +52,16 @@ def count(cfg: DictConfig) -> tuple[str, int, list[str]]:
     return stage, sum(p.numel() for p in model.parameters()), notes
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The training config for these overrides, composed without starting a Hydra run (no output folder)."""
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=[*overrides, "paths.output_dir=."])
-
-
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return
-    cfg = compose_config(args)
-    stage, n, notes = count(cfg)
+    try:
+        cfg = compose_config(args)
+        stage, n, notes = count(cfg)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     unit = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
     print(f"{cfg.task_name}: {stage}: {n:,} params ({unit}) on the meta device")
     for note in notes:

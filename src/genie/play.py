@@ -305,28 +305,22 @@ def play_terminal(session: PlaySession, read: Any = input, write: Any = print) -
         write(f"step {len(session.actions)} {fps}")
 
 
-def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
-
+def _main(cfg: Any) -> None:
     from genie.generate import genie_and_prompt
-    from genie.train import conf_dir
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="play")
-    def _main(cfg: DictConfig) -> None:
-        OmegaConf.resolve(cfg)
-        try:
-            genie, frame = genie_and_prompt(cfg)
-            session = PlaySession(genie, frame, seed=cfg.seed)
-            if cfg.terminal:
-                play_terminal(session)
-            else:
-                serve(session, cfg.host, cfg.port)
-        except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
-            raise SystemExit(f"error: {err}") from None
+    genie, frame = genie_and_prompt(cfg)
+    session = PlaySession(genie, frame, seed=cfg.seed)
+    if cfg.terminal:
+        play_terminal(session)
+    else:
+        serve(session, cfg.host, cfg.port)
+
+
+def main() -> None:
+    from genie.config import hydra_entry
 
     torch.set_grad_enabled(False)
-    _main()
+    hydra_entry("play", _main, also=(RuntimeError,))()
 
 
 if __name__ == "__main__":

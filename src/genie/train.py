@@ -12,24 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-
-def conf_dir() -> Path:
-    """The ``conf/`` tree: $GENIE_CONF_DIR, else the repository's (editable install), else next to the package."""
-    env = os.environ.get("GENIE_CONF_DIR")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    candidates += [here.parents[2] / "conf", here.parent / "conf"]
-    for c in candidates:
-        if (c / "train.yaml").exists():
-            return c
-    raise FileNotFoundError(
-        "cannot find the genie conf/ directory; install from a checkout (pip install -e .) or set GENIE_CONF_DIR"
-    )
+from genie.config import hydra_entry
 
 
 def _scalar(value: Any) -> Any:
@@ -180,26 +167,16 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = 
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    OmegaConf.resolve(cfg)
     hc = HydraConfig.get()
     # Automatic resumption only for single runs: multirun jobs share a parent folder with other settings.
     overrides = list(hc.overrides.task) if hc.mode is None or hc.mode.name == "RUN" else None
-    from hydra.errors import InstantiationException
+    train(cfg, overrides)
 
-    try:
-        train(cfg, overrides)
-    except (ValueError, FileNotFoundError, ImportError, InstantiationException) as err:
-        # bad input (a missing file, a wrong option): one line and exit code 1, not a traceback
-        cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not isinstance(
-            cause, ValueError | FileNotFoundError | ImportError
-        ):
-            raise
-        raise SystemExit(f"error: {cause}") from None
+
+main = hydra_entry("train", _main)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from genie.data.shards import decode_frames
+from genie.data.shards import decode_frames, tar_members
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class ClipStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.errors = ErrorCount()
         self._bad_shards: set[str] = set()
+        self._last_error = ""
         self.epoch = 0
 
     def _shard_error(self, exn: Exception) -> bool:
@@ -103,12 +105,28 @@ class ClipStream(IterableDataset):
         if url not in self._bad_shards:  # one shard can raise twice (its file, then its tar stream)
             self._bad_shards.add(url)
             self.errors.shards += 1
-        log.warning("skipping the rest of an unreadable shard (%s: %s)", type(exn).__name__, exn)
+        self._last_error = f"{type(exn).__name__}: {exn.args[0] if exn.args else exn}"
+        log.warning("skipping the rest of an unreadable shard %s (%s)", url, self._last_error)
         return True
 
     def _sample_error(self, exn: Exception) -> None:
         self.errors.samples += 1
-        log.warning("skipping an unreadable clip (%s: %s)", type(exn).__name__, exn)
+        self._last_error = f"{type(exn).__name__}: {exn}"
+        log.warning("skipping an unreadable clip (%s)", self._last_error)
+
+    def _empty_epoch(self, read: int) -> ValueError:
+        """The error for an epoch in which this reader got no usable clip (looping on would hang)."""
+        names = ", ".join(Path(u).name for u in self.shards[:3]) + (", ..." if len(self.shards) > 3 else "")
+        if read == 0 and not self.errors.shards:
+            why = "they hold no clips for this reader (fewer clips than dataloader workers x devices?)"
+        else:
+            why = f"{self.errors.shards} unreadable shards, {self.errors.samples} unreadable clips" + (
+                f"; the last: {self._last_error}" if self._last_error else ""
+            )
+        return ValueError(
+            f"a whole pass over the shards {names} ({len(self.shards)} in all) gave no usable clip: {why}; "
+            "check them with tools/inspect_shards.py"
+        )
 
     def _shard_urls(self, epoch: int) -> Iterator[dict[str, str]]:
         slot, slots = reader_slot(self.rank, self.world_size)
@@ -119,10 +137,25 @@ class ClipStream(IterableDataset):
         for url in mine:
             yield {"url": url}
 
+    def _files(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """The files of this reader's shards as webdataset's grouping takes them (``{}`` ends a shard); a
+        shard cut short anywhere, a tar header included, is reported through :meth:`_shard_error`."""
+        for source in wds.tariterators.url_opener(self._shard_urls(epoch), handler=self._shard_error):
+            url, stream = source["url"], source["stream"]
+            try:
+                for name, data in tar_members(stream):
+                    yield {"fname": name, "data": data, "__url__": url}
+            except Exception as exn:
+                exn.args = (*exn.args, url)
+                self._shard_error(exn)
+            finally:
+                stream.close()
+            yield {}
+
     def _samples(self, epoch: int) -> Iterator[dict[str, Any]]:
         slot, slots = reader_slot(self.rank, self.world_size)
         by_sample = len(self.shards) < slots  # too few shards for every reader: split samples instead
-        raw = wds.tariterators.tarfile_samples(self._shard_urls(epoch), handler=self._shard_error)
+        raw = wds.tariterators.group_by_keys(self._files(epoch), handler=self._shard_error)
         for i, sample in enumerate(raw):
             if by_sample and i % slots != slot:
                 continue
@@ -160,12 +193,15 @@ class ClipStream(IterableDataset):
         while True:
             rng = np.random.default_rng([self.seed, epoch, slot])
             buffer: list[dict[str, torch.Tensor]] = []
+            read = good = 0
             for sample in self._samples(epoch):
+                read += 1
                 try:
                     item = self.decode(sample, rng)
                 except Exception as exn:  # a bad sample never stops training
                     self._sample_error(exn)
                     continue
+                good += 1
                 if self.shuffle_buffer <= 1:
                     yield item
                     continue
@@ -174,6 +210,8 @@ class ClipStream(IterableDataset):
                     yield buffer.pop(int(rng.integers(len(buffer))))
             rng.shuffle(buffer)  # type: ignore[arg-type,unused-ignore]
             yield from buffer
+            if good == 0 and self.repeat:
+                raise self._empty_epoch(read)
             epoch += 1
             if not self.repeat:
                 return

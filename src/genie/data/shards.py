@@ -14,7 +14,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -133,21 +133,46 @@ class ShardWriter:
             self.abort()
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """Tar headers read as :mod:`tarfile` does, except that a file which ends where a header should start
+    (or inside one) is corrupt: tarfile takes that for the end of the archive and silently drops the rest."""
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> _StrictTarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
+            if tar.offset == 0:
+                raise  # tarfile's own "empty file" error
+            raise tarfile.ReadError(
+                f"truncated: the file ends at byte {tar.offset} with no tar header or end-of-archive "
+                "marker there (a copy or download cut short); rewrite or re-download the shard"
+            ) from None
+
+
+def tar_members(fileobj: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """``(name, bytes)`` of every regular file of a tar stream, in order; ``tarfile.ReadError`` where the
+    stream is cut short (in a member's data or its header)."""
+    with tarfile.open(fileobj=fileobj, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            f = tar.extractfile(member)
+            assert f is not None
+            yield member.name, f.read()
+
+
 def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
     """Every ``(key, frames_THW3, record)`` of one local shard, in order (no streaming machinery)."""
     samples: dict[str, dict[str, bytes]] = {}
     order: list[str] = []
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isreg():
-                continue
-            key, _, ext = member.name.partition(".")
-            f = tar.extractfile(member)
-            assert f is not None
+    with open(path, "rb") as f:
+        for name, data in tar_members(f):
+            key, _, ext = name.partition(".")
             if key not in samples:
                 samples[key] = {}
                 order.append(key)
-            samples[key][ext] = f.read()
+            samples[key][ext] = data
     for key in order:
         yield key, decode_frames(samples[key]["npz"]), json.loads(samples[key]["json"])
 
