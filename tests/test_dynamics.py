@@ -297,6 +297,32 @@ def test_rollout_slides_past_the_window() -> None:
             rollout.step(torch.tensor([4]))
 
 
+@pytest.mark.parametrize("mode", ["add", "prepend"])
+def test_past_the_window_the_cache_is_the_window_with_its_oldest_action_kept(mode: str) -> None:
+    """What a cached rollout's memory is once it is longer than the window (the semantics the docs state):
+    the last ``context_frames - 1`` frames, the oldest keeping the action that produced it, where training
+    (and ``use_cache=false``) gives a clip's first frame "no action yet". At depth 1 a cached frame's keys
+    depend on that frame and its action alone, so the cached logits equal a forward pass over the window
+    with the real oldest action exactly, and differ from the training view."""
+    torch.manual_seed(0)
+    model = mode_variant(mode, depth=1)
+    rollout = Rollout(model, SamplingConfig(steps=2, context_frames=4))
+    rollout.start(torch.randint(0, 32, (2, 1, 3, 4)))
+    for i in range(6):
+        rollout.step(torch.tensor([i % 4, (i + 1) % 4]))
+    assert rollout.cache is not None and rollout.cache.frames == 3
+    new_action = torch.tensor([[1], [2]])
+    masked = torch.full((2, 1, 12), model.mask_id)
+    cached = model.forward_ids(masked, new_action, rollout.cache)[:, -1]
+    ids = torch.cat((torch.stack(rollout.frames[-3:], 1), masked), 1)
+    acts = torch.cat((torch.stack(rollout.actions[-3:], 1), new_action), 1)
+    kept = model.forward_ids(ids, acts)[:, -1]
+    torch.testing.assert_close(cached, kept, rtol=1e-4, atol=1e-5)
+    training_view = acts.clone()
+    training_view[:, 0] = model.cfg.num_actions  # "no action yet", as the uncached rollout re-encodes it
+    assert not torch.allclose(cached, model.forward_ids(ids, training_view)[:, -1], atol=1e-3)
+
+
 def test_multi_frame_prompt_needs_actions() -> None:
     with pytest.raises(ValueError, match="needs the 2 actions"):
         tiny().generate(torch.randint(0, 32, (1, 3, 3, 4)), torch.zeros(1, 1, dtype=torch.long))

@@ -102,3 +102,17 @@ def test_mismatches_are_named(tmp_path: Path) -> None:
     (tmp_path / "t" / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError, match="unreadable or truncated"):
         load_pretrained(tmp_path / "t")
+
+
+def test_export_onto_an_existing_file_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "last.ckpt")
+    target = tmp_path / "taken"
+    target.write_text("a file the user keeps")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "export.py"), str(ckpt), "--out", str(target), "--force"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is a file, not a folder" in proc.stderr
+    assert target.read_text() == "a file the user keeps"
+    assert not (tmp_path / "taken.tmp").exists()

@@ -85,6 +85,36 @@ def test_frame_by_frame_decoding_matches_whole_clip_decoding() -> None:
     torch.testing.assert_close(video, whole, rtol=1e-4, atol=1e-5)
 
 
+def test_past_the_window_the_decoder_sees_the_dynamics_window() -> None:
+    """Once the session is longer than ``context_frames``, each new frame is decoded from the last
+    ``context_frames`` frames (the dynamics model's memory), never one more (depth-1 decoder: its cached
+    keys depend on their own frame only, so the cached decode equals decoding that window afresh)."""
+    genie = tiny_genie(context=4)
+    genie.reset(torch.rand(3, 12, 16), seed=1)
+    video = genie.rollout([0, 1, 2, 3, 4, 0])  # 7 frames: 3 past the window
+    assert genie._rollout is not None and genie._decoder_cache is not None
+    assert genie._decoder_cache.frames == 3
+    tokens = genie._rollout.tokens
+    window = genie.tokenizer.decode(tokens[:, -4:])[:, -1]
+    longer = genie.tokenizer.decode(tokens[:, -5:])[:, -1]
+    torch.testing.assert_close(video[:, -1], window, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(video[:, -1], longer, atol=1e-4)  # (the 17th-frame case: one frame more)
+
+
+@pytest.mark.parametrize("action", [2.7, 1.0, True, "1", [0.5]])
+def test_non_integer_actions_are_refused_not_truncated(action: object) -> None:
+    genie = tiny_genie()
+    genie.reset(np.zeros((12, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="integers"):
+        genie.step(action)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="integers"):
+        genie.rollout([1, 2.5])
+    assert genie._rollout is not None
+    with pytest.raises(ValueError, match="integers"):
+        genie._rollout.step(torch.tensor([2.7]))
+    assert genie.frames.shape[1] == 1  # nothing was played
+
+
 def test_batched_worlds_and_multi_frame_prompt() -> None:
     genie = tiny_genie()
     prompt = torch.rand(2, 3, 3, 12, 16)  # 2 worlds, 3 prompt frames: actions inferred by the LAM

@@ -134,3 +134,95 @@ def test_play_page_end_to_end_in_headless_chromium(server: str) -> None:
         assert frame.get_attribute("src") == first  # reset: the prompt again
     finally:
         driver.quit()
+
+
+# -- bad input: images, HTTP bodies, non-integer actions ---------------------------------------------------
+def _bomb_png() -> bytes:
+    """A small PNG whose header declares 20000 x 20000 pixels (Pillow's limit: ~179M)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_a_decompression_bomb_prompt_is_a_clear_error(tmp_path: Any) -> None:
+    from genie.media import load_image
+
+    s = session()
+    with pytest.raises(ValueError, match="cannot read the uploaded image .*pixels"):
+        s.set_prompt_image(_bomb_png())
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_bomb_png())
+    with pytest.raises(ValueError, match="cannot read prompt image .*bomb.png"):
+        load_image(path, (SIZE, SIZE))
+
+
+@pytest.mark.parametrize("action", [1.7, 2.0, True, "1", None])
+def test_session_refuses_non_integer_actions(action: Any) -> None:
+    s = session()
+    with pytest.raises(ValueError, match="integer"):
+        s.step(action)
+    assert s.actions == []
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"action": Infinity}', b'{"action": 1e400}', b'{"action": NaN}', b'{"action": 1.7}', b'{"action": true}',
+     b'{"action": "1"}', b"[" * 500 + b"]" * 500, b"[1]", b'{"act": 1}', b"not json", b""],
+)  # fmt: skip
+def test_step_answers_400_with_one_line_to_a_bad_body(server: str, body: bytes) -> None:
+    status, answer = _post(server + "step", body)
+    assert status == 400 and "\n" not in answer["error"] and "action" in answer["error"]
+    ok, state = _post(server + "step", b'{"action": 1}')  # the server goes on
+    assert ok == 200 and state["actions"][-1] == 1
+
+
+def test_deeply_nested_json_is_refused_not_a_500() -> None:
+    from genie.play import parse_action_body
+
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_action_body(b"[" * 100_000 + b"]" * 100_000)
+    assert parse_action_body(b'{"action": 3}') == 3
+
+
+@pytest.mark.parametrize(("route", "limit"), [("/step", "MAX_STEP_BODY"), ("/prompt", "MAX_PROMPT_BODY")])
+def test_a_body_over_the_limit_is_413_unread(server: str, route: str, limit: str) -> None:
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    import genie.play
+
+    size = getattr(genie.play, limit) + 1
+    where = urlparse(server)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    conn.putrequest("POST", route)
+    conn.putheader("Content-Length", str(size))  # declared, never sent: the server must not wait for it
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    conn.close()
+    status, _ = _post(server + "step", b"x" * (genie.play.MAX_STEP_BODY + 1))  # sent, too long
+    assert status == 413

@@ -85,12 +85,14 @@ def stage_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_lam_module_logs_usage_and_nmi(stage_ckpts: dict[str, Path], tmp_path: Path) -> None:
     module = LAMModule(model=LAM, optim={"lr": 1e-3, "warmup_steps": 1}, train_frames=3)
     trainer = fit(module, tmp_path)
+    shares = [float(trainer.callback_metrics[f"train/action_share_{i}"]) for i in range(4)]  # one per code
+    assert "train/action_share_4" not in trainer.callback_metrics
+    assert all(0 <= v <= 1 for v in shares) and abs(sum(shares) - 1) < 1e-5
     results = trainer.validate(module, dataloaders=loader(batches(2)), verbose=False)[0]
     assert {"val/psnr", "val/recon_copy_last", "val/action_usage", "val/nmi", "val/action_codes_used"} <= set(
         results
     )
     assert 0 <= results["val/nmi"] <= 1
-    assert "train/action_share_0" in trainer.logged_metrics or trainer.global_step == 2
     lam = load_model(stage_ckpts["lam"], "lam")
     assert lam.cfg.num_actions == 4  # type: ignore[union-attr]
 
@@ -206,6 +208,9 @@ def test_nmi_known_answers() -> None:
     metric = ActionNMI(num_latent=2)
     metric.update(torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 1, 1, 1, -1]))  # -1: unknown, ignored
     assert metric.compute().item() == pytest.approx(0.3440, abs=1e-3)
+    small = ActionNMI(num_latent=2, max_true=4)
+    with pytest.raises(ValueError, match="true action id 4 is past ActionNMI's table of 4"):
+        small.update(torch.tensor([0, 1]), torch.tensor([3, 4]))  # was dropped without a word
     usage = CodeUsage(8)
     usage.update(torch.tensor([0, 0, 3]))
     assert usage.compute().item() == pytest.approx(2 / 8)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -121,13 +122,27 @@ def fit_image(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, st
     ).numpy(), f"prompt image {w}x{h} resized and centre-cropped to {tw}x{th} (WxH)"
 
 
+def read_image(source: str | Path | bytes, size: tuple[int, int], what: str) -> tuple[np.ndarray, str | None]:
+    """An image file (PNG/JPG/…), given as a path or its bytes, as ``frame_HW3`` uint8 at ``size`` with a
+    message when it was fitted; anything unreadable - not an image, truncated, or a decompression bomb (a
+    small file declaring more pixels than Pillow's limit) - is a one-line ``ValueError`` naming ``what``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                return fit_image(image, size)
+    except (
+        UnidentifiedImageError,
+        OSError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
+        raise ValueError(f"cannot read {what} ({err}); pass a PNG or JPG image") from None
+
+
 def load_image(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
     """A prompt image file (PNG/JPG/…) as ``frame_HW3`` uint8 at ``size``, with a message when it was fitted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt image {path} does not exist; pass a PNG or JPG file")
-    try:
-        with Image.open(path) as image:
-            return fit_image(image, size)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read prompt image {path} ({err}); pass a PNG or JPG file") from err
+    return read_image(path, size, f"prompt image {path}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genie.media import fit_image, gif_bytes, to_uint8_frames
+from genie.media import gif_bytes, read_image, to_uint8_frames
 from genie.models.genie import Genie
 
 
@@ -48,14 +49,12 @@ class PlaySession:
 
     def set_prompt_image(self, data: bytes) -> tuple[np.ndarray, str | None]:
         """A new prompt from image file bytes (any size: resized and centre-cropped), then reset."""
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                frame, note = fit_image(image, self.genie.image_size)
-        except OSError as err:
-            raise ValueError(f"cannot read the uploaded image ({err}); upload a PNG or JPG") from err
+        frame, note = read_image(data, self.genie.image_size, "the uploaded image")
         return self.reset(frame), note
 
     def step(self, action: int) -> np.ndarray:
+        if isinstance(action, bool) or not isinstance(action, int | np.integer):
+            raise ValueError(f"an action is an integer id in [0, {self.num_actions}), got {action!r}")
         if not 0 <= int(action) < self.num_actions:
             raise ValueError(f"action must be in [0, {self.num_actions}), got {action}")
         start = time.perf_counter()
@@ -178,6 +177,48 @@ call("/state");
 """
 
 
+MAX_STEP_BODY = 1024  # bytes: {"action": 12} needs a dozen
+MAX_PROMPT_BODY = 32 << 20  # an uploaded prompt image
+
+
+class BodyTooLarge(Exception):
+    """A request body over its route's limit (answered 413)."""
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request's body, refused past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _no_number(text: str) -> Any:
+    raise ValueError(f"{text} is not an action id")
+
+
+def parse_action_body(data: bytes) -> int:
+    """The action of a ``/step`` body ``{"action": <id>}``: an integer, never a float, bool or string
+    (``1.7`` or ``true`` are refused, not taken as action 1); a one-line ``ValueError`` otherwise."""
+    usage = 'send {"action": <integer id>}'
+    try:
+        body = json.loads(data, parse_float=_no_number, parse_constant=_no_number)
+    except RecursionError:
+        raise ValueError(f"the body is nested too deeply; {usage}") from None
+    except ValueError as err:  # (json.JSONDecodeError too)
+        raise ValueError(f"the body is not an action ({str(err).splitlines()[0]}); {usage}") from None
+    action = body.get("action") if isinstance(body, dict) else None
+    if isinstance(action, bool) or not isinstance(action, int):
+        raise ValueError(f"the action must be an integer id, got {json.dumps(action)[:40]}; {usage}")
+    return action
+
+
 def make_app(session: PlaySession) -> Any:
     """The Starlette app serving ``session`` (one user; requests are handled one at a time)."""
     try:
@@ -199,10 +240,11 @@ def make_app(session: PlaySession) -> Any:
 
     async def step(request: Request) -> Response:
         try:
-            body = await request.json()
-            action = int(body["action"])
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": 'send {"action": <id>}'}, status_code=400)
+            action = parse_action_body(await read_body(request, MAX_STEP_BODY))
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        except BodyTooLarge as err:
+            return JSONResponse({"error": str(err)}, status_code=413)
         async with lock:
             try:
                 await anyio.to_thread.run_sync(session.step, action)
@@ -221,7 +263,10 @@ def make_app(session: PlaySession) -> Any:
             return JSONResponse(session.state())
 
     async def prompt(request: Request) -> Response:
-        data = await request.body()
+        try:
+            data = await read_body(request, MAX_PROMPT_BODY)
+        except BodyTooLarge as err:
+            return JSONResponse({"error": str(err)}, status_code=413)
         async with lock:
             try:
                 _, note = await anyio.to_thread.run_sync(session.set_prompt_image, data)

@@ -28,7 +28,8 @@ def nmi_from_counts(counts_LA: Tensor) -> Tensor:
 
 
 class ActionNMI(Metric):
-    """NMI between latent action ids and true action ids; transitions with a true id < 0 are ignored."""
+    """NMI between latent action ids and true action ids; transitions with a true id < 0 (unknown) are
+    ignored, a true id >= ``max_true`` is an error."""
 
     full_state_update = False
     counts: Tensor
@@ -40,7 +41,12 @@ class ActionNMI(Metric):
 
     def update(self, latent: Tensor, true: Tensor) -> None:
         latent, true = latent.reshape(-1).long(), true.reshape(-1).long()
-        keep = (true >= 0) & (true < self.max_true)
+        if true.numel() and int(true.max()) >= self.max_true:  # counting them nowhere would bias the NMI
+            raise ValueError(
+                f"true action id {int(true.max())} is past ActionNMI's table of {self.max_true} ids; "
+                "construct it with a larger max_true"
+            )
+        keep = true >= 0
         flat = latent[keep] * self.max_true + true[keep]
         self.counts += torch.bincount(flat, minlength=self.num_latent * self.max_true).view_as(self.counts)
 

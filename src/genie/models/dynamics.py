@@ -505,6 +505,18 @@ def _fill_uniform(out: Tensor, generator: torch.Generator | None) -> None:
         out.copy_(torch.rand(out.shape, generator=generator, device=generator.device))
 
 
+def action_ids(actions: Any, device: torch.device | str | None = None) -> Tensor:
+    """Action ids as a long tensor on ``device``; floats, bools and strings are refused with one line (an
+    action id of 2.7 is a mistake, never action 2)."""
+    try:
+        a = torch.as_tensor(actions, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"action ids must be integers, got {actions!r:.60} ({err})") from None
+    if a.dtype == torch.bool or a.is_floating_point() or a.is_complex():
+        raise ValueError(f"action ids must be integers, got {a.dtype} values {a.reshape(-1)[:8].tolist()}")
+    return a.long()
+
+
 class Rollout:
     """Frame-by-frame generation state of a :class:`DynamicsModel`: the frames so far and their actions.
 
@@ -512,8 +524,12 @@ class Rollout:
     ``context_frames - 1`` frames; each MaskGIT step then runs the transformer on the new frame only, and the
     finished frame is appended once. Without it, every step recomputes the window (the last
     ``context_frames - 1`` frames, treated like a training clip: its first frame has "no action yet").
-    Both give the same frames while the rollout fits in the window; past it, the cache keeps keys computed
-    with the longer history (the usual sliding-window KV cache). With ``sampling.cuda_graph`` the frames
+    Both give the same frames while the rollout fits in the window. Past it they differ, by design: the
+    cached rollout is a sliding-window KV cache - each frame's keys/values were computed once, when it was
+    added, so the oldest frame in the window keeps the action that produced it (training gives a clip's
+    first frame "no action yet") and, in layers past the first, carries the history before the window. The
+    uncached rollout is the paper's 16-frame memory exactly (the window re-encoded as a training clip at
+    every step) at the cost of encoding ``context_frames - 1`` frames per step. With ``sampling.cuda_graph`` the frames
     generated once the cache is full come from one :class:`~genie.nn.graph.CapturedStep` (a CUDA graph on
     a GPU), fed through fixed input tensors; they are the same frames.
     """
@@ -585,7 +601,7 @@ class Rollout:
     def _step(self, actions_B: Tensor, generator: torch.Generator | None) -> Tensor:
         model, cfg = self.model, self.sampling
         b = self.frames[0].shape[0]
-        actions_B = torch.as_tensor(actions_B, device=self.frames[0].device).long().reshape(-1)
+        actions_B = action_ids(actions_B, self.frames[0].device).reshape(-1)
         if actions_B.shape[0] != b:
             raise ValueError(f"expected {b} actions (one per rollout), got {actions_B.shape[0]}")
         na = model.cfg.num_actions

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, seeded_generator
+from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, action_ids, seeded_generator
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 from genie.nn import KVCache, compile_blocks
@@ -164,7 +164,7 @@ class Genie(nn.Module):
         return x.to(self.device)
 
     def _actions(self, action: Any, batch: int) -> Tensor:
-        a = torch.as_tensor(action, device=self.device).long().reshape(-1)
+        a = action_ids(action, self.device).reshape(-1)
         if a.numel() == 1 and batch > 1:
             a = a.expand(batch)
         if a.numel() != batch:
@@ -216,7 +216,7 @@ class Genie(nn.Module):
         prompt_actions = None
         if t > 1:
             prompt_actions = (
-                torch.as_tensor(actions, device=self.device).long().reshape(b, t - 1)
+                action_ids(actions, self.device).reshape(b, t - 1)
                 if actions is not None
                 else self.infer_actions(video)
             )
@@ -226,7 +226,9 @@ class Genie(nn.Module):
             compile_blocks(self.tokenizer.decoder, dynamic=False)
         self._rollout.start(tokens, prompt_actions)
         dec = self.tokenizer.cfg.dec
-        self._decoder_cache = None if dec.pos_emb == "learned" else KVCache(self.sampling.context_frames)
+        # the decoder's window is the dynamics model's: context_frames - 1 past frames and the new one
+        window = self.sampling.context_frames - 1
+        self._decoder_cache = None if dec.pos_emb == "learned" else KVCache(window)
         self._decode_step = None
         self._generator = None
         if seed is not None:
@@ -255,7 +257,7 @@ class Genie(nn.Module):
             self.reset(prompt, seed=seed)
         if self._rollout is None:
             raise RuntimeError("call reset(prompt) first or pass prompt=")
-        acts = torch.as_tensor(actions).long()
+        acts = action_ids(actions)
         acts = acts[None] if acts.ndim == 1 else acts
         b = self._frames[0].shape[0]
         if acts.shape[0] == 1 and b > 1:

@@ -155,6 +155,8 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose another output folder")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another folder or pass overwrite (--force)")
     unknown = sorted(set(parts) - set(_BUILD))
@@ -174,12 +176,16 @@ def save_pretrained(
     }
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": PRETRAINED_FORMAT})
-    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": PRETRAINED_FORMAT})
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
     return out
 
 
