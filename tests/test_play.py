@@ -158,11 +158,11 @@ def test_a_decompression_bomb_prompt_is_a_clear_error(tmp_path: Any) -> None:
     from genie.media import load_image
 
     s = session()
-    with pytest.raises(ValueError, match="cannot read the uploaded image .*pixels"):
+    with pytest.raises(ValueError, match=r"cannot read the uploaded image .*pixels"):
         s.set_prompt_image(_bomb_png())
     path = tmp_path / "bomb.png"
     path.write_bytes(_bomb_png())
-    with pytest.raises(ValueError, match="cannot read prompt image .*bomb.png"):
+    with pytest.raises(ValueError, match=r"cannot read prompt image .*bomb\.png"):
         load_image(path, (SIZE, SIZE))
 
 
