@@ -210,3 +210,71 @@ def test_videos_to_shards_cli(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "no video" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "videos_to_shards.py"), *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--size", "0", "32"], ["--size", "-4", "32"], ["--videos-per-shard", "0"], ["--workers", "0"],
+     ["--windows-per-segment", "0"], ["--max-static", "1.5"], ["--frames", "1"]],
+)  # fmt: skip
+def test_cli_refuses_bad_arguments_before_writing_anything(tmp_path: Path, args: list[str]) -> None:
+    make_videos(tmp_path / "videos")
+    out = tmp_path / "out"
+    proc = _cli(str(tmp_path / "videos"), "--out", str(out), *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists()  # no settings.json left behind
+
+
+def test_cli_refuses_an_out_that_is_a_file(tmp_path: Path) -> None:
+    make_videos(tmp_path / "videos")
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    proc = _cli(str(tmp_path / "videos"), "--out", str(taken))
+    assert (
+        proc.returncode == 2 and "is a file, not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    assert taken.read_text() == "mine"
+
+
+def test_cli_exits_nonzero_when_nothing_usable_was_written(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (videos / name).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(500))  # undecodable
+    proc = _cli(str(videos), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1 and "error: no train clips were written" in proc.stderr
+
+
+def test_cli_exits_nonzero_when_the_val_split_ends_empty(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    good = make_videos(tmp_path / "all")
+    videos.mkdir()
+    keys = [f"v{i}.mp4" for i in range(6)]
+    splits = assign_splits(keys, 0.3)
+    for k in keys:  # the val videos undecodable, the train ones good
+        if splits[k] == "val":
+            (videos / k).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(500))
+        else:
+            (videos / k).write_bytes(good["good0"].read_bytes())
+    assert "val" in splits.values() and "train" in splits.values()
+    proc = _cli(str(videos), "--out", str(tmp_path / "out"), "--val-fraction", "0.3", "--size", "32", "48")
+    assert proc.returncode == 1 and "error: no val clips were written" in proc.stderr, proc.stderr
+
+
+def test_slow_sources_are_dropped_unless_allowed_and_ties_go_to_the_earlier_frame(tmp_path: Path) -> None:
+    path = encode(tmp_path / "slow.mp4", [index_frame(i) for i in range(12)], 5)
+    out = [f.source_index for f in resampled_frames(path, 10, (64, 96))]
+    assert out == [k // 2 for k in range(len(out))]  # every tie (k / 10 s between two 5 FPS frames): earlier
+    assert len(out) == 23
+    cfg = VideoShardConfig(size=(32, 48), val_fraction=0.0, clip_frames=4)
+    manifest = write_video_shards(path, tmp_path / "drop", cfg)
+    assert manifest["clips"]["train"] == 0 and "low frame rate: 5 FPS" in manifest["dropped"][0]["reason"]
+    allowed = VideoShardConfig(size=(32, 48), val_fraction=0.0, clip_frames=4, allow_low_fps=True)
+    assert write_video_shards(path, tmp_path / "keep", allowed)["clips"]["train"] == 5

@@ -9,9 +9,11 @@
         data.train_shards='data/mine/train-*.tar' data.val_shards='data/mine/val-*.tar' data.size=[90,160]
 
 Inputs: folders (searched recursively for mp4/webm/mkv/avi/mov/m4v), globs, files, or .txt lists of paths.
-Too-short, static and undecodable videos are dropped with the reason (printed and in manifest.json); every
-clip's source, start time, fps, size and quality scores go to manifest.json and manifest.csv. Re-running the
-same command keeps finished shards. Needs the video extra (PyAV).
+Too-short, static and undecodable videos, and videos slower than --fps (their frames would repeat; keep them
+with --allow-low-fps), are dropped with the reason (printed and in manifest.json); every clip's source, start
+time, fps, size and quality scores go to manifest.json and manifest.csv. Re-running the same command keeps
+finished shards. Exits 1 when no train clip, or (with --val-fraction > 0) no val clip, was written. Needs the
+video extra (PyAV).
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=None, help="video keys are paths relative to this (common folder)")
     p.add_argument("--workers", type=int, default=1, help="processes decoding videos in parallel")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--allow-low-fps", action="store_true", help="keep videos slower than --fps (their frames repeat)"
+    )
     a = p.parse_args(argv)
+    if a.workers < 1:
+        p.error(f"--workers must be >= 1, got {a.workers}")
     try:
         cfg = VideoShardConfig(
             size=a.size,
@@ -57,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             videos_per_shard=a.videos_per_shard,
             max_static_ratio=a.max_static,
             seed=a.seed,
+            allow_low_fps=a.allow_low_fps,
         )
         start = time.time()
         manifest = write_video_shards(
@@ -76,6 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{cfg.size[1]}x{cfg.size[0]} at {cfg.fps:g} FPS, in {len(manifest['shards'])} shards under {a.out} "
         f"({time.time() - start:.0f} s)"
     )
+    if c["train"] == 0:
+        print(
+            "error: no train clips were written: every video was dropped (see above) or went to val",
+            file=sys.stderr,
+        )
+        return 1
+    if c["val"] == 0 and cfg.val_fraction > 0:
+        print(
+            f"error: no val clips were written ({v['val']} val videos, all dropped): training needs held-out "
+            "clips; add videos, or pass --val-fraction 0 to write none on purpose",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -190,6 +190,8 @@ def claim_output_dir(out: Path, settings: dict[str, Any], what: str) -> None:
     """Prepare ``out`` for a resumable shard-set writer: refuse a folder made with other ``settings`` (naming
     the keys that differ), record ``settings.json``, drop the old manifest (rewritten when the set is complete)
     and the temporary files of shards a killed run left half-written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "settings.json"
     if path.exists():

@@ -54,8 +54,13 @@ class VideoShardConfig:
     max_static_ratio: float = 0.8  # clips with more static pairs than this are dropped
     seed: int = 0
     scores: dict[str, Any] = field(default_factory=dict)  # clip_scores keyword overrides
+    # A source slower than ``fps`` can only fill the target rate by repeating frames: such videos are dropped
+    # (with the reason) unless this is set.
+    allow_low_fps: bool = False
 
     def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(int(v) for v in self.size) < 1:
+            raise ValueError(f"size must be two positive numbers (H, W), got {list(self.size)}")
         self.size = (int(self.size[0]), int(self.size[1]))
         if self.fit not in ("crop", "pad"):
             raise ValueError(f"fit must be 'crop' or 'pad', got {self.fit!r}")
@@ -71,6 +76,14 @@ class VideoShardConfig:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("videos_per_shard", "windows_per_segment"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.max_static_ratio <= 1.0 or self.static_threshold < 0:
+            raise ValueError(
+                f"need max_static_ratio in [0, 1] and static_threshold >= 0, got {self.max_static_ratio} "
+                f"and {self.static_threshold}"
+            )
 
 
 # -- finding videos -------------------------------------------------------------------------------------
@@ -144,7 +157,7 @@ def resampled_frames(
                 target = k / fps
                 assert prev is not None
                 pt, pi, pf = prev
-                if target - pt <= t - target:  # ties go to the earlier frame
+                if target - pt <= t - target + 1e-6:  # ties (to rounding) go to the earlier frame
                     yield DecodedFrame(k, target, pi, fitted(pf))
                 else:
                     yield DecodedFrame(k, target, i, fitted(frame))
@@ -292,6 +305,15 @@ def _process_group(
             made, static, total = 0, 0, 0
             try:
                 src_fps = source_fps(path)
+                if 0 < src_fps < cfg.fps - 1e-3 and not cfg.allow_low_fps:
+                    dropped.append(
+                        {
+                            "source": key,
+                            "reason": f"low frame rate: {src_fps:g} FPS is below the target {cfg.fps:g} "
+                            "(frames would repeat); pass --allow-low-fps to keep such videos",
+                        }
+                    )
+                    continue
                 for k, (frames, info) in enumerate(video_clips(path, cfg, key)):
                     total += 1
                     if info["scores"]["static_ratio"] > cfg.max_static_ratio:
