@@ -256,6 +256,33 @@ def test_sampler_draws_from_the_tempered_softmax(temperature: float) -> None:
     torch.testing.assert_close(freq, expected, atol=0.012, rtol=0)
 
 
+def test_confidence_noise_chooses_which_draws_stay_and_anneals() -> None:
+    """Without noise the first pass keeps the most confident draws; MaskGIT's Gumbel noise on the
+    confidences (annealed) lets less confident ones stay too, differently per seed."""
+    s, v = 16, 8
+    # argmax draws (temperature 0); token i's confidence grows with i: without noise, the last ones stay
+    logits_SV = torch.zeros(s, v)
+    logits_SV[:, 3] = torch.linspace(0.5, 6.0, s)
+    seen = []
+    for noise in (0.0, 0.0, 50.0, 50.0):
+        calls: list[torch.Tensor] = []  # the still-masked positions at each pass
+
+        def predict(
+            ids_BS: torch.Tensor, pos_BM: torch.Tensor, calls: list[torch.Tensor] = calls
+        ) -> torch.Tensor:
+            calls.append(pos_BM)
+            return logits_SV[pos_BM]
+
+        g = torch.Generator().manual_seed(len(seen))
+        ids = maskgit_fill(predict, 1, s, v, 4, 0.0, g, confidence_noise=noise)
+        assert (ids == 3).all()  # the draws themselves are the argmax either way
+        seen.append(set(calls[1][0].tolist()))  # masked again after the first pass
+    assert seen[0] == seen[1] == set(range(len(seen[0])))  # the least confident stay masked
+    assert seen[2] != seen[0] and seen[2] != seen[3]  # noise: other tokens, per seed
+    with pytest.raises(ValueError, match="confidence_noise"):
+        SamplingConfig(confidence_noise=-1.0)
+
+
 @pytest.mark.parametrize("mode", ["add", "prepend", "copy"])
 @pytest.mark.parametrize("pos_emb", ["rope", "learned"])
 def test_cached_and_uncached_generation_agree(mode: str, pos_emb: str) -> None:
@@ -389,8 +416,10 @@ def test_kv_cache_position_tensor_follows_the_position() -> None:
 
 
 @pytest.mark.parametrize("mode", ["add", "prepend", "copy"])
-@pytest.mark.parametrize("temperature", [0.0, 1.0, 2.0])
-def test_captured_step_frames_equal_the_plain_steps(mode: str, temperature: float) -> None:
+@pytest.mark.parametrize(
+    ("temperature", "noise"), [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (0.0, 3.0), (1.0, 3.0)]
+)
+def test_captured_step_frames_equal_the_plain_steps(mode: str, temperature: float, noise: float) -> None:
     """``sampling.cuda_graph``: full-window frames come from fixed input tensors through a CapturedStep (a CUDA
     graph on a GPU; called directly here) - the same frames as the plain step, the same sampling noise."""
     torch.manual_seed(0)
@@ -398,7 +427,9 @@ def test_captured_step_frames_equal_the_plain_steps(mode: str, temperature: floa
     prompt, actions = torch.randint(0, 32, (2, 1, 3, 4)), torch.randint(0, 4, (2, 9))
     outs, rollouts = [], []
     for graph in (True, False):
-        sampling = SamplingConfig(steps=4, temperature=temperature, context_frames=4, cuda_graph=graph)
+        sampling = SamplingConfig(
+            steps=4, temperature=temperature, confidence_noise=noise, context_frames=4, cuda_graph=graph
+        )
         rollout = Rollout(model, sampling)
         rollout.start(prompt)
         g = torch.Generator().manual_seed(5)

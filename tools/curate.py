@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"kept {manifest['kept']} clips, dropped {len(manifest['dropped'])} -> {a.out} "
                 f"({len(manifest['shards'])} shards)"
             )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, KeyError) as err:  # (OSError: a folder or unreadable file given as a file)
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -33,17 +33,90 @@ def conf_dir() -> Path:
     )
 
 
-def compose_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
-    """``config_name`` with these overrides, composed without starting a Hydra run (no output folder); an
-    unknown experiment or a bad override is a ``ValueError`` carrying Hydra's message (with the options)."""
-    from hydra import compose, initialize_config_dir
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose
     from hydra.errors import HydraException
 
+    try:
+        return compose(config_name, overrides=list(overrides))
+    except HydraException as err:  # keep Hydra's list of options, not its search path
+        raise ValueError(str(err).split("Config search path")[0].strip()) from None
+
+
+def compose_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """``config_name`` with these overrides, composed without starting a Hydra run (no output folder); an
+    unknown experiment, a bad override or a value of the wrong type (:func:`check_value_types`) is a
+    ``ValueError`` carrying the reason (Hydra's, with the options)."""
+    from hydra import initialize_config_dir
+
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = _compose(config_name, [*overrides, "paths.output_dir=."])
+        check_value_types(cfg, overrides, config_name)
+        return cfg
+
+
+def _kind(value: Any) -> str | None:
+    """The type a config value's override must keep, or None where any value goes (strings, nulls)."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, ListConfig | list):
+        return "a list like [a,b]"
+    if isinstance(value, DictConfig | dict):
+        return "a group of settings"
+    return None
+
+
+def _fits(kind: str, value: Any) -> bool:
+    from omegaconf import DictConfig, ListConfig
+
+    return {
+        "true or false": isinstance(value, bool),
+        "a whole number": isinstance(value, int) and not isinstance(value, bool),
+        "a number": isinstance(value, int | float) and not isinstance(value, bool),
+        "a list like [a,b]": isinstance(value, ListConfig | list),
+        "a group of settings": isinstance(value, DictConfig | dict) or value is None,
+    }[kind]
+
+
+def check_value_types(cfg: DictConfig, overrides: Sequence[str], config_name: str) -> None:
+    """A ``key=value`` override of a config value keeps that value's type (``trainer.max_steps=abc`` is refused
+    here with the key named, instead of failing somewhere inside Lightning). The types are the config's
+    as composed without the value overrides (config groups and ``+experiment`` kept). Needs Hydra initialised
+    (inside a Hydra run, or :func:`compose_config`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    checked, kept = [], []
+    for raw, o in zip(overrides, parsed, strict=True):
+        key = o.key_or_group
+        is_group = (conf_dir() / key.replace(".", "/")).is_dir()
+        if o.is_add() or o.is_delete() or o.is_sweep_override() or is_group or o.package:
+            kept.append(raw)
+        else:
+            checked.append((raw, key))
+    if not checked:
+        return
+    try:
+        reference = _compose(config_name, [*kept, "paths.output_dir=."])
+    except ValueError:
+        return  # the command's own compose has the say
+    for raw, key in checked:
         try:
-            return compose(config_name, overrides=[*overrides, "paths.output_dir=."])
-        except HydraException as err:  # keep Hydra's list of options, not its search path
-            raise ValueError(str(err).split("Config search path")[0].strip()) from None
+            before = OmegaConf.select(reference, key, throw_on_missing=False)
+            after = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:  # an interpolation that no longer resolves: the command reports it
+            continue
+        kind = _kind(before)
+        if kind is not None and not _fits(kind, after):
+            shown = OmegaConf.to_container(before) if OmegaConf.is_config(before) else before
+            raise ValueError(f"{raw}: {key} takes {kind} (the config has {str(shown)[:40]})")
 
 
 def user_error(
@@ -96,6 +169,7 @@ def hydra_entry(
 
         overrides = list(HydraConfig.get().overrides.task)
         try:
+            check_value_types(cfg, overrides, config_name)
             OmegaConf.resolve(cfg)
             body(cfg)
         except Exception as err:

@@ -20,6 +20,8 @@ import torch
 from genie.media import load_image, save_gif, save_mp4, save_strip, video_grid
 from genie.models.genie import Genie
 
+MAX_STEPS = 100_000  # frames one command generates: more is a typo, not a rollout
+
 
 def parse_actions(spec: Any, num_actions: int, steps: int, seed: int = 0) -> torch.Tensor:
     """Action ids ``(B, N)`` from a spec: a list of ids (one world), ``"random"``, or ``"each"``."""
@@ -106,8 +108,10 @@ def _main(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     steps, fps = cfg.steps, cfg.fps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}: give the number of frames to generate, a whole number >= 1")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(
+            f"steps={steps!r}: give the number of frames to generate, a whole number in [1, {MAX_STEPS}]"
+        )
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 100:
         raise ValueError(f"fps={fps!r}: give the frame rate of the written videos, a number in (0, 100]")
     genie, frame = genie_and_prompt(cfg)

@@ -45,7 +45,14 @@ def iter_clips(shards: str | Sequence[str]) -> Iterator[tuple[str, str, np.ndarr
     if not paths:
         raise FileNotFoundError(f"no shards match {shards!r}")
     for path in paths:
-        for key, frames, record in read_shard(path):
+        try:
+            clips = list(read_shard(path))
+        except Exception as err:  # truncated, not a tar, a folder: curation must not drop a shard unseen
+            raise ValueError(
+                f"shard {path} cannot be read ({type(err).__name__}: {err}); check the set with "
+                "tools/inspect_shards.py and leave out or rewrite that shard"
+            ) from None
+        for key, frames, record in clips:
             yield path, key, frames, record
 
 

@@ -149,6 +149,8 @@ def resolve_checkpoint(pattern: str | Path | None, what: str, option: str) -> Pa
             )
         return matches[-1]
     path = Path(text)
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} checkpoint {path} is a folder; set {option}=PATH/TO/last.ckpt")
     if not path.is_file():
         raise FileNotFoundError(f"{what} checkpoint {path} does not exist; set {option}=PATH/TO/last.ckpt")
     return path

@@ -358,6 +358,9 @@ class SamplingConfig:
 
     steps: int = 25
     temperature: float = 2.0
+    # MaskGIT's annealed choice noise: Gumbel noise of this scale, falling linearly to 0 over the steps, is
+    # added to the confidences that decide which draws stay (0: the most confident stay, no noise).
+    confidence_noise: float = 0.0
     context_frames: int = 16
     use_cache: bool = True
     compile: bool = False
@@ -365,6 +368,17 @@ class SamplingConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        for name, kind in (
+            ("steps", int),
+            ("context_frames", int),
+            ("temperature", float),
+            ("confidence_noise", float),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+                raise ValueError(
+                    f"sampling {name} must be a {'whole ' if kind is int else ''}number, got {value!r}"
+                )
         if self.precision not in _AUTOCAST_DTYPES:
             raise ValueError(
                 f"sampling precision must be one of {sorted(_AUTOCAST_DTYPES)}, got {self.precision!r}"
@@ -373,6 +387,8 @@ class SamplingConfig:
             raise ValueError(f"sampling steps must be >= 1, got {self.steps}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.confidence_noise < 0:
+            raise ValueError(f"confidence_noise must be >= 0 (0 = off), got {self.confidence_noise}")
         if self.context_frames < 2:
             raise ValueError(
                 f"context_frames must be >= 2 (a past frame and the new one), got {self.context_frames}"
@@ -453,28 +469,39 @@ def maskgit_fill(
     device: torch.device | None = None,
     uniforms: Sequence[Tensor] | None = None,
     log_probs: bool = False,
+    confidence_noise: float = 0.0,
 ) -> Tensor:
     """Fill one frame of ``num_tokens`` tokens from all-masked with MaskGIT.
 
     ``predict(ids_BS, positions_BM) -> logits_BMV`` gives the logits of the still-masked positions
     ``positions_BM`` (every row has the same number of them, in increasing order) given the frame ``ids_BS``;
     with ``log_probs`` they are log-probabilities already (a copy-head model's), used as they are.
-    ``uniforms``: the draws of each pass, ``(B, M, 1)`` for the M tokens it samples (see
-    :func:`maskgit_draws`), drawn beforehand (a replayed CUDA graph cannot draw them); by default each pass
-    draws its own from ``generator`` - the same numbers, in the same order.
+    ``uniforms``: the draws of each pass, ``(B, M, W)`` for the M tokens it samples (see
+    :func:`maskgit_draws`; W = :func:`draws_per_token`: the token's draw, then its confidence noise), drawn
+    beforehand (a replayed CUDA graph cannot draw them); by default each pass draws its own from
+    ``generator`` - the same numbers, in the same order. ``confidence_noise``: MaskGIT's annealed Gumbel
+    noise on the confidences (see :class:`SamplingConfig`).
     """
     device = device or torch.device("cpu")
+    width = draws_per_token(temperature, confidence_noise)
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     pos = torch.arange(num_tokens, device=device).expand(batch, -1)  # (B, M): the masked positions
     for k, n_left in enumerate(maskgit_schedule(num_tokens, steps)):
         sub = predict(ids, pos).float()  # (B, M, V)
         # untempered log-probabilities: the confidence (at temperature 1, the draw's too)
         logp = sub if log_probs else sub.log_softmax(-1)
+        u_BMW = None
+        if width:
+            u_BMW = (
+                uniforms[k]
+                if uniforms is not None
+                else _uniform((batch, sub.shape[1], width), generator, device)
+            )
         if temperature > 0:  # a categorical draw from softmax(logits / temperature) by inverting its CDF:
             # one uniform per token (Gumbel-max would need one per token and code, and two logs of each)
+            assert u_BMW is not None
             cdf = (logp.exp() if temperature == 1.0 else (sub / temperature).softmax(-1)).cumsum_(-1)
-            u = uniforms[k] if uniforms is not None else _uniform((batch, sub.shape[1], 1), generator, device)
-            pick = torch.searchsorted(cdf, u, right=True)[..., 0].clamp_(max=sub.shape[-1] - 1)
+            pick = torch.searchsorted(cdf, u_BMW[..., :1], right=True)[..., 0].clamp_(max=sub.shape[-1] - 1)
         else:
             pick = sub.argmax(-1)
         ids = ids.scatter(1, pos, pick)
@@ -482,9 +509,19 @@ def maskgit_fill(
             break
         # re-mask the n_left draws the model is least sure of: log p(pick), untempered
         conf_m = logp.gather(-1, pick[..., None])[..., 0]
+        if confidence_noise > 0:  # + Gumbel noise, annealed to 0 by the last step (MaskGIT)
+            assert u_BMW is not None
+            gumbel = -(-u_BMW[..., -1].clamp(1e-20, 1.0).log()).clamp_min(1e-20).log()
+            conf_m = conf_m + confidence_noise * (1.0 - (k + 1) / steps) * gumbel
         pos = pos.gather(1, conf_m.topk(n_left, dim=1, largest=False).indices).sort(dim=1).values
         ids = ids.scatter(1, pos, mask_id)
     return ids
+
+
+def draws_per_token(temperature: float, confidence_noise: float) -> int:
+    """Uniform draws :func:`maskgit_fill` takes per sampled token and pass: one for the categorical draw
+    (temperature > 0), one for the confidence noise (when on)."""
+    return int(temperature > 0) + int(confidence_noise > 0)
 
 
 def maskgit_draws(num_tokens: int, steps: int) -> list[int]:
@@ -666,6 +703,7 @@ class Rollout:
             device,
             uniforms=uniforms,
             log_probs=self.model.copy_head is not None,
+            confidence_noise=cfg.confidence_noise,
         )
 
     def _cached_predict(self, act_B1: Tensor, last_B1S: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -689,9 +727,10 @@ class Rollout:
             b, s = last.shape
             self._static = {"actions_B1": actions_B[:, None].clone(), "last_B1S": last[:, None].clone()}
             self._static_uniforms = []
-            if self.sampling.temperature > 0:
+            width = draws_per_token(self.sampling.temperature, self.sampling.confidence_noise)
+            if width:
                 sizes = maskgit_draws(s, self.sampling.steps)
-                self._static_uniforms = [last.new_empty((b, m, 1), dtype=torch.float32) for m in sizes]
+                self._static_uniforms = [last.new_empty((b, m, width), dtype=torch.float32) for m in sizes]
             assert self.cache is not None
             self._captured = CapturedStep(self._frame_from_static, [self.cache], last.device)
         self._static["actions_B1"].copy_(actions_B[:, None])
@@ -702,12 +741,12 @@ class Rollout:
 
     def _frame_from_static(self) -> Tensor:
         """One cached step reading only the fixed input tensors: the new frame ``ids_BS``, cache updated."""
-        model, cfg, cache = self.model, self.sampling, self.cache
+        model, cache = self.model, self.cache
         assert cache is not None
         act_B1, last_B1S = self._static["actions_B1"], self._static["last_B1S"]
         b, _, s = last_B1S.shape
         predict = self._cached_predict(act_B1, last_B1S)
-        uniforms = self._static_uniforms if cfg.temperature > 0 else None
+        uniforms = self._static_uniforms or None
         new = self._fill(predict, b, s, last_B1S.device, uniforms=uniforms)
         model.extend_cache(new[:, None], act_B1, cache)
         return new
