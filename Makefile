@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,video,metrics,play,agents
 
-.PHONY: install browser test lint format typecheck pytest test-procgen procgen-venv test-xla xla-venv demo bench clean
+.PHONY: install browser test lint format typecheck docs pytest test-procgen procgen-venv test-xla xla-venv demo bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ format: install
 
 typecheck: install
 	$(VENV)/bin/mypy src
+
+# The docs site (docs/, mkdocs.yml): every page and link must build with no warning.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 # Headless Chromium + chromedriver (Debian packages) for the play-page test; skipped with a reason if this fails.
 browser:
@@ -76,7 +80,7 @@ xla-venv: $(XLA_VENV)/.installed
 test-xla: $(XLA_VENV)/.installed
 	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python -m pytest -m xla $(PYTEST_ARGS)
 
-test: lint typecheck pytest test-procgen
+test: lint typecheck docs pytest test-procgen
 
 demo: install
 	$(PY) -m genie.demo $(DEMO_ARGS)

@@ -106,7 +106,7 @@ def test_lam_300m_uses_the_paper_dims() -> None:
         assert (st.depth, st.dim, st.num_heads) == (20, 1024, 16)
     n = sum(p.numel() for p in module.model.parameters())
     attentions = 2 * 20 * 2 * 4 * 1024**2  # encoder+decoder x 20 blocks x 2 attentions x 4 d^2
-    assert n > 300e6 and n > attentions and n < 1.25 * attentions  # the README explains the excess
+    assert n > 300e6 and n > attentions and n < 1.25 * attentions  # docs/training.md explains the excess
 
 
 def test_tokenizer_200m_param_count() -> None:
@@ -125,7 +125,7 @@ def test_tokenizer_200m_param_count() -> None:
 )
 def test_coinrun_experiments_step_on_app_f_batches(name: str, batch: int) -> None:
     # App. F's batch per optimizer step; on one device the micro-batches add up to it (2 x 24 and 2 x 18
-    # where a whole batch would not fit an 80 GB GPU: measured, README)
+    # where a whole batch would not fit an 80 GB GPU: measured, docs/benchmarks.md)
     data, trainer = compose_experiment(name).data, compose_experiment(name).trainer
     accumulate = trainer.get("accumulate_grad_batches", 1)
     assert (data.get("global_batch_size") or data.batch_size) == batch

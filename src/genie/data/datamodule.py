@@ -78,7 +78,7 @@ class ClipDataModule(L.LightningDataModule):
             how = (
                 f"make them with `{self.make_hint}`"
                 if self.make_hint
-                else "write shards there (README: 'Data')"
+                else "write shards there (docs/data.md)"
             )
             raise FileNotFoundError(
                 f"no shards match {missing[0]!r}; {how} or point data.train_shards / data.val_shards at "

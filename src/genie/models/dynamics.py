@@ -27,7 +27,7 @@ ActionMode = Literal["add", "prepend"]
 
 @dataclass
 class DynamicsConfig:
-    """Paper final model: 48 layers, d 5120, 36 heads of k/q 128 (``dynamics_11b``); FFN 0.4·d (see README)."""
+    """Paper final model: 48 layers, d 5120, 36 heads of k/q 128 (``dynamics_11b``); FFN 0.4·d (docs/architecture.md)."""
 
     num_codes: int = 1024  # the tokenizer's vocabulary
     grid: Sequence[int] = (16, 16)  # tokens per frame (h, w)
@@ -40,7 +40,7 @@ class DynamicsConfig:
     # Probability that a training frame (2..T) is masked whole instead of at the example's rate. With a partly
     # visible frame the model can read the motion off the visible tokens and need not use the action; a
     # wholly masked frame (as at the first MaskGIT step of generation) can only be predicted from the past and
-    # the action. 0 in the paper; small models trained briefly learn control much sooner with it (README).
+    # the action. 0 in the paper; small models trained briefly learn control much sooner with it (docs/lab-notes.md).
     full_mask_prob: float = 0.0
     # > 0: a copy head (the token-space analogue of the LAM's shift head). Each token's distribution becomes a
     # mixture of the generated one and copies of the previous frame's tokens at offsets within this radius,
@@ -351,9 +351,8 @@ class SamplingConfig:
     replays it for every later frame: the same frames, without launching each of its many small kernels
     from Python (which sets the frame rate on a GPU). Off CUDA it changes nothing.
     ``precision``: ``fp32``, or ``bf16`` / ``fp16`` to run the networks under ``torch.autocast`` (the keys and
-    values cached in that dtype; the sampling itself stays fp32): on an H100 the CoinRun-size model with
-    compiled blocks and the CUDA graph plays at 26 frames/s in bf16, 16.7 in fp32 (README); the frames differ
-    by rounding.
+    values cached in that dtype; the sampling itself stays fp32): faster on a GPU (docs/benchmarks.md); the
+    frames differ by rounding.
     """
 
     steps: int = 25

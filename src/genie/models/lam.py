@@ -41,7 +41,7 @@ LAMInput = Literal["pixels", "tokens"]
 class LAMConfig(PatchGeometry):
     """Paper defaults: patch 16, |A| = 8, latent 32, encoder and decoder 20 layers × d 1024 × 16 heads.
 
-    With two attentions per ST block these dims alone exceed the nominal 300M (see README: ``lam_300m``).
+    With two attentions per ST block these dims alone exceed the nominal 300M (docs/training.md: ``lam_300m``).
     """
 
     image_size: Sequence[int] = (90, 160)  # (H, W)
@@ -52,7 +52,7 @@ class LAMConfig(PatchGeometry):
     input: LAMInput = "pixels"
     token_vocab: int = 1024  # input="tokens": the tokenizer's vocabulary ...
     token_grid: Sequence[int] = (23, 40)  # ... and its token grid per frame
-    # QK-norm as RMSNorm, as conf/model/lam.yaml has it: the LAM recipe was tuned with it (README: Measured)
+    # QK-norm as RMSNorm, as conf/model/lam.yaml has it: LayerNorm QK-norm used the codes worse (docs/lab-notes.md)
     encoder: STConfig | dict[str, Any] = field(
         default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
     )
