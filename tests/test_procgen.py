@@ -173,3 +173,49 @@ def test_imitation_pipeline_end_to_end(tmp_path: Path) -> None:
     assert "BC on latent actions + map | 50" in table
     assert json.loads((tmp_path / "out" / "imitation.json").read_text())["config"]["labels"] == [10, 50]
     assert (tmp_path / "out" / "imitation.png").exists()
+
+
+def test_effect_classes_of_the_15_buttons() -> None:
+    import torch
+
+    from genie.data.procgen import ACTION_EFFECTS, EFFECTS, effect_ids
+
+    by_name = {name: EFFECTS[ACTION_EFFECTS[i]] for i, name in enumerate(ACTIONS)}
+    assert by_name["left"] == by_name["left+down"] == "left" and by_name["left+up"] == "left+jump"
+    assert by_name["right"] == by_name["right+down"] == "right" and by_name["right+up"] == "right+jump"
+    assert by_name["up"] == "jump"
+    assert [n for n, e in by_name.items() if e == "none"] == ["down", "noop", "d", "a", "w", "s", "q", "e"]
+    ids = np.array([[1, 7, -1], [5, 4, 2]])
+    assert effect_ids(ids).tolist() == [[0, 4, -1], [3, 2, 1]]
+    assert effect_ids(torch.as_tensor(ids)).tolist() == [[0, 4, -1], [3, 2, 1]]
+
+
+@pytest.mark.parametrize("repeat", [0.0, 0.8])
+def test_sticky_policy_repeats_the_previous_action_at_its_rate(repeat: float) -> None:
+    from genie.data.procgen import StickyPolicy, random_policy
+
+    cfg = ProcgenShardConfig(action_repeat_prob=repeat)
+    policy = cfg.policy()
+    assert isinstance(policy, StickyPolicy) == (repeat > 0)
+    rng = np.random.default_rng(0)
+    steps = np.stack([policy(rng, 64) for _ in range(400)])  # (steps, envs)
+    same = (steps[1:] == steps[:-1]).mean()
+    expected = repeat + (1 - repeat) / len(ACTIONS)  # kept, or a fresh draw that happens to match
+    assert abs(same - expected) < 0.02
+    assert set(np.unique(steps)) == set(range(len(ACTIONS)))  # every button still played
+    assert random_policy(rng, 3).shape == (3,)
+    with pytest.raises(ValueError, match="action_repeat_prob"):
+        ProcgenShardConfig(action_repeat_prob=1.0)
+
+
+@needs_procgen
+def test_sticky_action_shards_repeat_their_actions(tmp_path: Path) -> None:
+    manifest = write_procgen_shards(tmp_path / "sticky", tiny_cfg(action_repeat_prob=0.75))
+    assert manifest["settings"]["action_repeat_prob"] == 0.75
+    clips = [
+        np.asarray(r["actions"]) for shard in read_all(tmp_path / "sticky").values() for _, _, r in shard
+    ]
+    repeated = np.mean([np.mean(a[1:] == a[:-1]) for a in clips])
+    assert repeated > 0.6  # uniform play repeats 1 in 15
+    plain = write_procgen_shards(tmp_path / "plain", tiny_cfg())
+    assert "action_repeat_prob" not in plain["settings"]  # folders from before the option stay resumable

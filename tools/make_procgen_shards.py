@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--envs", type=int, default=64, help="environments stepped together per shard")
     p.add_argument("--workers", type=int, default=1, help="processes making shards in parallel")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--action-repeat", type=float, default=0.0,
+        help="sticky actions: repeat the previous action with this probability (0: App. F's uniform policy)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     try:
         cfg = ProcgenShardConfig(
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             clips_per_shard=a.clips_per_shard,
             num_envs=a.envs,
             seed=a.seed,
+            action_repeat_prob=a.action_repeat,
         )
     except ValueError as e:
         p.error(str(e))

@@ -1,6 +1,6 @@
 """Procgen (CoinRun and the other 15 games) → clip shards with true actions: the paper's App. F dataset.
 
-A uniformly random policy plays levels ``start_level .. start_level + num_levels - 1`` (procgen picks a level
+A uniformly random policy (or, by option, a sticky one) plays levels ``start_level .. start_level + num_levels - 1`` (procgen picks a level
 for each episode; an episode lasts until the level ends or 1000 steps); every run of 16 consecutive frames
 inside one episode becomes a clip whose 15 transitions keep their true action (procgen's 15-way action
 space). Validation clips come from levels after the training ones, so they are unseen.
@@ -40,6 +40,30 @@ ACTIONS = (
 )  # fmt: skip
 MAX_EPISODE_STEPS = 1000  # procgen ends every episode by then
 
+# What a button does in the platformers (CoinRun, Ninja, ...): horizontal left / none / right x jump or not.
+# "down" and the five letter buttons move nothing there, so 8 of the 15 buttons share "none".
+EFFECTS = ("left", "left+jump", "none", "jump", "right", "right+jump")
+
+
+def _effect_of(name: str) -> int:
+    horizontal = 0 if "left" in name else (2 if "right" in name else 1)
+    return 2 * horizontal + int("up" in name)
+
+
+ACTION_EFFECTS = tuple(_effect_of(name) for name in ACTIONS)  # action id -> index into EFFECTS
+
+
+def effect_ids(actions: Any) -> Any:
+    """Effect class ids (:data:`EFFECTS`) of procgen action ids (a numpy array or torch tensor of any shape);
+    unknown actions (-1) stay -1."""
+    import torch
+
+    if isinstance(actions, torch.Tensor):
+        table = torch.tensor([*ACTION_EFFECTS, -1], device=actions.device)
+        return table[actions.long()]  # index -1 is the table's last entry: -1 stays -1
+    table_np = np.array([*ACTION_EFFECTS, -1])
+    return table_np[np.asarray(actions, dtype=np.int64)]
+
 
 @dataclass
 class ProcgenShardConfig:
@@ -56,6 +80,9 @@ class ProcgenShardConfig:
     clips_per_shard: int = 500
     num_envs: int = 64  # environments stepped together per shard
     seed: int = 0
+    # The data policy: each step repeats the environment's previous action with this probability, else draws
+    # uniformly (as people and trained agents play); 0 is App. F's uniformly random policy.
+    action_repeat_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.game not in GAMES:
@@ -69,6 +96,14 @@ class ProcgenShardConfig:
         for name in ("train_transitions", "num_levels", "clips_per_shard", "num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.action_repeat_prob < 1.0:
+            raise ValueError(f"action_repeat_prob must be in [0, 1), got {self.action_repeat_prob}")
+
+    def policy(self) -> Policy:
+        """The data policy: uniformly random, sticky when ``action_repeat_prob`` > 0."""
+        return (
+            StickyPolicy(random_policy, self.action_repeat_prob) if self.action_repeat_prob else random_policy
+        )
 
     def clips(self, split: str) -> int:
         n = self.train_transitions if split == "train" else self.val_transitions
@@ -116,6 +151,23 @@ Policy = Callable[[np.random.Generator, int], np.ndarray]  # (rng, number of env
 def random_policy(rng: np.random.Generator, n: int) -> np.ndarray:
     """App. F's data policy: uniformly random over the 15 actions."""
     return rng.integers(0, len(ACTIONS), n)
+
+
+class StickyPolicy:
+    """``policy``, except that each environment repeats its previous action with probability ``repeat``
+    (sticky actions: one draw per step and environment decides; the first step always draws)."""
+
+    def __init__(self, policy: Policy, repeat: float) -> None:
+        self.policy, self.repeat = policy, repeat
+        self.previous: np.ndarray | None = None
+
+    def __call__(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        fresh = np.asarray(self.policy(rng, n))
+        keep = rng.random(n) < self.repeat
+        if self.previous is not None and self.previous.shape == fresh.shape:
+            fresh = np.where(keep, self.previous, fresh)
+        self.previous = fresh
+        return fresh
 
 
 def coinrun_expert(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -183,7 +235,7 @@ def _write_shard(cfg: ProcgenShardConfig, out: str, split: str, index: int, coun
     source = f"procgen/{cfg.game}/{split}"
     with ShardWriter(pattern, max_count=count + 1, start_index=index) as writer:
         for k, (frames, acts, info) in enumerate(
-            procgen_clips(cfg, split, count, _shard_seed(cfg, split, index))
+            procgen_clips(cfg, split, count, _shard_seed(cfg, split, index), policy=cfg.policy())
         ):
             record = clip_record(frames, source=source, actions=acts, fps=FPS, game=cfg.game, **info)
             writer.write(f"{split}{index:06d}_{k:05d}", frames, record)
@@ -210,6 +262,8 @@ def write_procgen_shards(
         "actions": list(ACTIONS),
         **asdict(cfg),
     }
+    if not cfg.action_repeat_prob:  # the paper's policy: folders made before the option stay resumable
+        settings.pop("action_repeat_prob")
     claim_output_dir(out, settings, "procgen shards")
     jobs = [
         (split, i, count) for split in ("train", "val") for i, count in enumerate(cfg.shard_counts(split))
