@@ -279,3 +279,26 @@ def test_i3d_port_matches_the_jax_original(tmp_path: Path, monkeypatch: pytest.M
     assert got.shape == want.shape == (2, 400)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3
     assert np.abs(got - want).max() < 1e-3 * np.abs(want).max()
+
+
+def test_lam_nmi_is_reported_with_its_floor_effects_and_ceiling(tmp_path: Path) -> None:
+    import json
+
+    tok, lam, _ = tiny_models()
+    ceiling = tmp_path / "ceiling.json"
+    ceiling.write_text(json.dumps({"labels": "effects", "idm_nmi": 0.4}))
+    ev = Evaluator(
+        tok, lam, None, cfg=EvalConfig(fvd=False, probe_labels=10, effects=True, ceiling=str(ceiling))
+    )
+    batch = clips()
+    batch["actions"] = torch.randint(0, 15, batch["actions"].shape)  # procgen button ids
+    ev.update(batch)
+    m = ev.compute()
+    assert m["lam/transitions"] == batch["actions"].numel()
+    assert 0 <= m["lam/nmi_shuffled"] <= 1 and 0 <= m["lam/nmi_effects"] <= 1
+    assert m["lam/idm_labels"] == "effects" and m["lam/idm_nmi"] == 0.4
+    assert m["lam/nmi_fraction"] == pytest.approx(m["lam/nmi_effects"] / 0.4)
+    assert "inverse-dynamics ceiling NMI" in markdown_table(m)
+    ev.cfg.effects = False
+    with pytest.raises(ValueError, match="eval.effects=true"):
+        ev.compute()

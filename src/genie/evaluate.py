@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from genie.ceiling import nmi, shuffled_nmi
 from genie.metrics import ActionNMI, CodeUsage, FrechetVideoDistance, frame_psnr, probe_accuracy
 from genie.models.dynamics import DynamicsModel, SamplingConfig, seeded_generator
 from genie.models.lam import LatentActionModel
@@ -43,6 +44,10 @@ class EvalConfig:
     batch_size: int = 16
     seed: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the dynamics' sampling config
+    effects: bool = (
+        False  # procgen clips: also score the LAM against the effect classes (left/none/right x jump)
+    )
+    ceiling: str | None = None  # ceiling.json of genie.ceiling on the same data: LAM NMI as a fraction of it
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_t, bool) or not isinstance(self.eval_t, int) or self.eval_t < 2:
@@ -180,6 +185,15 @@ class Evaluator:
                 latent, true = torch.cat(self.latent), torch.cat(self.true)
                 out["lam/nmi"] = float(self.nmi.compute())
                 labelled = int((true >= 0).sum())
+                out["lam/transitions"] = labelled
+                known = true >= 0
+                out["lam/nmi_shuffled"] = shuffled_nmi(latent[known], true[known], self.cfg.seed)
+                if self.cfg.effects:
+                    from genie.data.procgen import effect_ids
+
+                    out["lam/nmi_effects"] = nmi(latent[known], torch.as_tensor(effect_ids(true[known])))
+                if self.cfg.ceiling:
+                    out.update(ceiling_fraction(out, self.cfg.ceiling))
                 n = min(self.cfg.probe_labels, labelled // 2)
                 if n >= 1:
                     acc, mapping = probe_accuracy(latent, true, self.num_actions, n, self.cfg.seed)
@@ -204,6 +218,24 @@ class Evaluator:
         return out
 
 
+def ceiling_fraction(metrics: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The LAM's NMI beside the inverse-dynamics ceiling of ``path`` (a ``ceiling.json``), as a fraction."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"eval.ceiling={path} does not exist; write it with python -m genie.ceiling")
+    ceiling = json.loads(file.read_text())
+    if "idm_nmi" not in ceiling:
+        raise ValueError(f"{path} has no idm_nmi (the true alignment, shift 0); rerun genie.ceiling with it")
+    mine = metrics.get("lam/nmi_effects") if ceiling.get("labels") == "effects" else metrics.get("lam/nmi")
+    if mine is None:
+        raise ValueError(f"{path} scores effect classes; evaluate with eval.effects=true to compare")
+    return {
+        "lam/idm_nmi": float(ceiling["idm_nmi"]),
+        "lam/idm_labels": ceiling.get("labels", "actions"),
+        "lam/nmi_fraction": float(mine) / max(float(ceiling["idm_nmi"]), 1e-9),
+    }
+
+
 def evaluate_batches(
     evaluator: Evaluator, batches: Iterable[dict[str, Tensor]], device: torch.device
 ) -> dict[str, Any]:
@@ -224,6 +256,12 @@ _LABELS = {
     "tokenizer/ssim": ("tokenizer SSIM", "reconstruction"),
     "lam/codes_used": ("LAM codes used", "of |A|"),
     "lam/nmi": ("LAM NMI(latent, true action)", "0..1"),
+    "lam/transitions": ("labelled transitions", "NMI is biased upward below ~5000"),
+    "lam/nmi_shuffled": ("NMI with shuffled true actions", "the small-sample floor"),
+    "lam/nmi_effects": ("LAM NMI(latent, effect class)", "procgen: left/none/right x jump"),
+    "lam/idm_nmi": ("inverse-dynamics ceiling NMI", "supervised, same data (genie.ceiling)"),
+    "lam/idm_labels": ("ceiling labels", "actions or effect classes"),
+    "lam/nmi_fraction": ("LAM NMI / ceiling NMI", "fraction of what the pixels reveal"),
     "lam/probe_accuracy": ("latent→real action probe accuracy", "held-out transitions"),
     "lam/probe_labels": ("probe labels", "labelled transitions used"),
     "dynamics/actions": ("rollout actions", "lam: inferred by the LAM"),
