@@ -300,5 +300,5 @@ def test_lam_nmi_is_reported_with_its_floor_effects_and_ceiling(tmp_path: Path) 
     assert m["lam/nmi_fraction"] == pytest.approx(m["lam/nmi_effects"] / 0.4)
     assert "inverse-dynamics ceiling NMI" in markdown_table(m)
     ev.cfg.effects = False
-    with pytest.raises(ValueError, match="eval.effects=true"):
+    with pytest.raises(ValueError, match=r"eval\.effects=true"):
         ev.compute()
