@@ -302,3 +302,43 @@ def test_lam_nmi_is_reported_with_its_floor_effects_and_ceiling(tmp_path: Path) 
     ev.cfg.effects = False
     with pytest.raises(ValueError, match=r"eval\.effects=true"):
         ev.compute()
+
+
+def test_rollouts_by_lam_true_or_random_actions_and_per_frame_ssim() -> None:
+    tok, lam, dyn = tiny_models()
+    batch = clips()
+    for source in ("lam", "true", "random"):
+        cfg = EvalConfig(fvd=False, probe_labels=10, actions=source)
+        ev = Evaluator(tok, lam, dyn, SamplingConfig(steps=1, temperature=1.0), cfg)
+        ev.update(batch)
+        m = ev.compute()
+        assert m["dynamics/actions"] == source and m["protocol"] == "paper"
+        t = batch["video"].shape[1]
+        assert len(m["dynamics/ssim_by_t"]) == len(m["dynamics/psnr_by_t"]) == t - 1
+    ev = Evaluator(tok, lam, dyn, cfg=EvalConfig(fvd=False, actions="true"))
+    wide = dict(batch, actions=torch.full_like(batch["actions"], 7))  # ids past the model's 4 actions
+    with pytest.raises(ValueError, match="needs one trained on true actions"):
+        ev.update(wide)
+    with pytest.raises(ValueError, match=r"eval\.actions must be"):
+        EvalConfig(actions="oracle")
+    with pytest.raises(ValueError, match=r"eval\.protocol must be"):
+        EvalConfig(protocol="jafar")
+
+
+def test_genieredux_protocol_rolls_out_ten_frames_at_25_steps(tmp_path: Path) -> None:
+    import numpy as np
+
+    from genie.data.shards import ShardWriter
+    from genie.evaluate import run
+    from test_export import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "last.ckpt")
+    rng = np.random.default_rng(0)
+    with ShardWriter(str(tmp_path / "val-%06d.tar"), max_count=10) as w:
+        for k in range(3):
+            frames = rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8)
+            w.write(f"c{k}", frames, {"actions": rng.integers(0, 4, 15).tolist()})
+    m = run(ckpt, str(tmp_path / "val-*.tar"), tmp_path / "out", EvalConfig(fvd=False, protocol="genieredux"))
+    assert m["protocol"] == "genieredux" and len(m["dynamics/psnr_by_t"]) == 10
+    assert len(m["dynamics/ssim_by_t"]) == 10 and m["dynamics/clips"] == 3
+    assert m["dynamics/maskgit_steps"] == 25  # whatever the checkpoint's own sampling (3 steps)

@@ -32,6 +32,12 @@ from genie.models.dynamics import DynamicsModel, SamplingConfig, seeded_generato
 from genie.models.lam import LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 
+# Named evaluation protocols: clip frames and MaskGIT steps they fix (None: the run's own).
+PROTOCOLS: dict[str, dict[str, int | None]] = {
+    "paper": {"frames": None, "steps": None},
+    "genieredux": {"frames": 11, "steps": 25},  # one prompt frame + 10 generated
+}
+
 
 @dataclass
 class EvalConfig:
@@ -44,12 +50,20 @@ class EvalConfig:
     batch_size: int = 16
     seed: int = 0
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the dynamics' sampling config
-    effects: bool = (
-        False  # procgen clips: also score the LAM against the effect classes (left/none/right x jump)
-    )
+    # The rollouts' actions: auto (the LAM's inferred ones, the clips' true ones without a LAM), lam, true (a
+    # dynamics model trained on true actions: the upper bound), random (the baseline).
+    actions: str = "auto"
+    # paper: ΔtPSNR at eval_t on the clips as given; genieredux (arXiv 2409.06445): from one real frame and the
+    # clip's actions, 10 generated frames at 25 MaskGIT steps, PSNR and SSIM per frame (run() sets both).
+    protocol: str = "paper"
+    effects: bool = False  # procgen clips: also score the LAM against effect classes (left/none/right x jump)
     ceiling: str | None = None  # ceiling.json of genie.ceiling on the same data: LAM NMI as a fraction of it
 
     def __post_init__(self) -> None:
+        if self.actions not in ("auto", "lam", "true", "random"):
+            raise ValueError(f"eval.actions must be auto, lam, true or random, got {self.actions!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"eval.protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
         if isinstance(self.eval_t, bool) or not isinstance(self.eval_t, int) or self.eval_t < 2:
             raise ValueError(
                 f"eval.eval_t={self.eval_t!r}: the ΔtPSNR frame is 1-based and frame 1 is the prompt; give 2 or more"
@@ -98,7 +112,15 @@ class Evaluator:
             self.fvd = FrechetVideoDistance(fvd_extractor if fvd_extractor is not None else self.cfg.i3d)
         self.clips = 0
         self.rolled = 0  # clips rolled out by the dynamics model
-        self.actions_source = "lam" if lam is not None else "true"
+        source = self.cfg.actions
+        if source == "auto":
+            source = "lam" if lam is not None else "true"
+        if source == "lam" and lam is None and dynamics is not None:
+            raise ValueError(
+                "eval.actions=lam needs a LAM (a dynamics checkpoint trained with one, or lam_ckpt)"
+            )
+        self.actions_source = source
+        self.dyn_ssim_by_t: list[StructuralSimilarityIndexMeasure] = []
 
     @torch.no_grad()
     def update(self, batch: dict[str, Tensor], index: int = 0) -> None:
@@ -134,19 +156,30 @@ class Evaluator:
             true = true[:keep] if true is not None else None
             actions = actions[:keep] if actions is not None else None
         self.rolled += b
-        if actions is None:
+        seed = self.cfg.seed * 100_003 + index
+        if self.actions_source == "random":
+            g = torch.Generator().manual_seed(seed + 11)
+            actions = torch.randint(0, self.dynamics.cfg.num_actions, (b, t - 1), generator=g).to(device)
+        elif self.actions_source == "true":
             if not has_true or true is None or bool((true < 0).any()):
                 raise ValueError(
-                    "evaluating dynamics without a LAM needs clips with true actions; "
-                    "use a dynamics checkpoint trained with a LAM or shards that carry actions"
+                    "rollouts with the true actions need clips that carry them; use a dynamics checkpoint "
+                    "trained with a LAM (eval.actions=lam) or shards with actions"
+                )
+            if int(true.max()) >= self.dynamics.cfg.num_actions:
+                raise ValueError(
+                    f"the clips' true actions go up to {int(true.max())} but the dynamics model takes "
+                    f"{self.dynamics.cfg.num_actions}: eval.actions=true needs one trained on true actions"
                 )
             actions = true
-        seed = self.cfg.seed * 100_003 + index
+        assert actions is not None
         gen = self.tokenizer.decode(self._generate(tokens[:, :1], actions, seed))
         for i in range(1, t):
             if len(self.psnr_by_t) < i:
                 self.psnr_by_t.append(MeanMetric())
+                self.dyn_ssim_by_t.append(StructuralSimilarityIndexMeasure(data_range=1.0).to(device))
             self.psnr_by_t[i - 1].update(frame_psnr(gen[:, i], video[:, i]).cpu())
+            self.dyn_ssim_by_t[i - 1].update(gen[:, i], video[:, i])
         self.dyn_psnr.update(frame_psnr(gen[:, 1:], video[:, 1:]).flatten())
         self.dyn_ssim.update(gen[:, 1:].flatten(0, 1), video[:, 1:].flatten(0, 1))
         if self.cfg.eval_t > t:
@@ -207,6 +240,9 @@ class Evaluator:
             out["dynamics/psnr"] = float(self.dyn_psnr.compute())
             out["dynamics/ssim"] = _scalar(self.dyn_ssim.compute())
             out["dynamics/psnr_by_t"] = [round(float(m.compute()), 3) for m in self.psnr_by_t]
+            out["dynamics/ssim_by_t"] = [round(_scalar(m.compute()), 4) for m in self.dyn_ssim_by_t]
+            out["protocol"] = self.cfg.protocol
+            out["dynamics/maskgit_steps"] = self.sampling.steps
             if self.psnr_t.update_count > 0:
                 inferred, random = float(self.psnr_t.compute()), float(self.psnr_t_random.compute())
                 out[f"dynamics/psnr_t{t}"] = inferred
@@ -360,10 +396,13 @@ def run(
     from genie.data.pipeline import ClipStream
 
     cfg = cfg or EvalConfig()
+    fixed = PROTOCOLS[cfg.protocol]
+    frames = int(fixed["frames"] or frames)
     tok, lam_model, dyn, sampling = load_components(checkpoint, tokenizer, lam)
-    sampling = SamplingConfig(
-        **{**(vars(sampling) if sampling else {}), **{k: v for k, v in cfg.sampling.items() if v is not None}}
-    )
+    given = {k: v for k, v in cfg.sampling.items() if v is not None}
+    if fixed["steps"] is not None:
+        given["steps"] = fixed["steps"]
+    sampling = SamplingConfig(**{**(vars(sampling) if sampling else {}), **given})
     first = tok if tok is not None else lam_model
     assert first is not None
     size = tuple(first.cfg.hw)
