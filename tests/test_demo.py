@@ -41,3 +41,34 @@ def test_demo_fast_runs_and_resumes(tmp_path: Path) -> None:
     assert "python -m genie.play checkpoint=" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 0 and "done already" in again.stdout
+
+
+def test_seed_sweep_table_mean_sd_min_and_targets_met(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "seed_sweep", Path(__file__).parents[1] / "tools" / "seed_sweep.py"
+    )
+    assert spec is not None and spec.loader is not None
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    for seed, (nmi, dt) in enumerate([(0.7, 1.5), (0.4, 0.5), (0.6, 1.1)]):
+        folder = tmp_path / f"seed-{seed}"
+        folder.mkdir()
+        evaluation = {
+            "tokenizer/psnr": 28.5,
+            "lam/codes_used": 6,
+            "lam/nmi": nmi,
+            "dynamics/delta_psnr_t4": dt,
+        }
+        (folder / "metrics.json").write_text(json.dumps({"evaluation": evaluation, "stages": {}}))
+    assert sweep.main(["--seeds", "0", "1", "2", "--out", str(tmp_path), "--collect"]) == 0
+    table = json.loads((tmp_path / "sweep.json").read_text())["table"]["metrics"]
+    assert table["lam/nmi"]["mean"] == pytest.approx(17 / 30) and table["lam/nmi"]["min"] == 0.4
+    assert table["lam/nmi"]["sd"] == pytest.approx(0.1527525, abs=1e-6) and table["lam/nmi"]["met"] == 2
+    assert table["dynamics/delta_psnr_t4"]["met"] == 2 and table["tokenizer/psnr"]["met"] == 3
+    assert (
+        "| lam/nmi | 0.567 | 0.153 | 0.400 | 0.700 | LAM NMI >= 0.5 | 2 of 3 |"
+        in (tmp_path / "sweep.md").read_text()
+    )
+    assert sweep.main(["--seeds", "7", "--out", str(tmp_path / "none"), "--collect"]) == 1

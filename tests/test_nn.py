@@ -395,10 +395,9 @@ def test_vq_picks_nearest_code_and_reports_usage() -> None:
     torch.testing.assert_close(out.perplexity, torch.exp(-(probs * probs.log()).sum()))
 
 
-@pytest.mark.parametrize("fixed_shapes", [None, True])
-def test_dead_code_restart_revives_unused_codes(fixed_shapes: bool | None) -> None:
+def test_dead_code_restart_revives_unused_codes() -> None:
     torch.manual_seed(0)
-    vq = VectorQuantizer(32, 4, dead_code_steps=5, init_from_data=False, fixed_shapes=fixed_shapes).train()
+    vq = VectorQuantizer(32, 4, dead_code_steps=5, init_from_data=False).train()
     vq.codebook.data[1:] += 100.0  # all but code 0 far from the data: dead
     data = torch.randn(512, 4)
     assert vq(data).usage.item() == 1 / 32
@@ -409,16 +408,11 @@ def test_dead_code_restart_revives_unused_codes(fixed_shapes: bool | None) -> No
     assert vq.codebook.data.abs().max() < 50
 
 
-@pytest.mark.parametrize("fixed_shapes", [None, True])
 @pytest.mark.parametrize("restart", ["uniform", "error"])
-def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represented(
-    restart: str, fixed_shapes: bool | None
-) -> None:
+def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represented(restart: str) -> None:
     # 95% of the vectors sit on code 0; 5% are far away, each on its own (the rare edges of a flat image)
     torch.manual_seed(0)
-    vq = VectorQuantizer(
-        8, 4, dead_code_steps=1, init_from_data=False, restart=restart, fixed_shapes=fixed_shapes
-    )
+    vq = VectorQuantizer(8, 4, dead_code_steps=1, init_from_data=False, restart=restart)
     vq.train()
     vq.codebook.data.zero_()
     vq.codebook.data[1:] += 100.0  # dead

@@ -45,13 +45,10 @@ class VectorQuantizer(nn.Module):
       (in proportion to each vector's squared distance to its code: new codes go where the codebook
       represents the data worst, e.g. the rare edges of a mostly flat image, not onto another copy of the
       commonest vector).
-    - ``fixed_shapes``: restart in fixed shapes whatever the number of dead codes - a candidate is drawn for
-      every code and kept where the code is dead (error-weighted draws without replacement as Gumbel top-k) -
-      so a training call never reads a value back from the device: on XLA each training step stays one
-      graph, compiled once; on a GPU the step does not wait for the device. ``None`` (default): on XLA (and
-      the meta device) only; elsewhere the dead codes are counted (one read per step, free on a CPU) and only
-      they draw replacements - the same distribution, other random numbers, so runs tuned on a CPU stay as
-      they were. (``initialized`` is read once, by the first training call.)
+    Restarts run in fixed shapes whatever the number of dead codes: a candidate is drawn for every code and
+    kept where the code is dead (error-weighted draws without replacement as Gumbel top-k), so a training
+    call never reads a value back from the device - on XLA each training step stays one graph, compiled once;
+    on a GPU the step does not wait for the device. (``initialized`` is read once, by the first training call.)
     """
 
     unused_steps: Tensor
@@ -71,7 +68,6 @@ class VectorQuantizer(nn.Module):
         init_from_data: bool = True,
         eps: float = 1e-5,
         restart: str = "uniform",
-        fixed_shapes: bool | None = None,
     ) -> None:
         super().__init__()
         if num_codes < 1 or code_dim < 1:
@@ -79,7 +75,6 @@ class VectorQuantizer(nn.Module):
         if restart not in ("uniform", "error"):
             raise ValueError(f"restart must be 'uniform' or 'error', got {restart!r}")
         self.restart = restart
-        self.fixed_shapes = fixed_shapes
         self.num_codes = num_codes
         self.code_dim = code_dim
         self.beta = beta
@@ -181,23 +176,17 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _set_codes(self, which_K: Tensor, new_KD: Tensor) -> None:
-        """Replace the codes ``which_K`` by rows of ``new_KD``, the same on every rank (broadcast from rank 0):
-        with a row for every code (K x D) the codes' own rows, in fixed shapes; otherwise one row per replaced
-        code, in order."""
+        """Replace the codes ``which_K`` by their rows of ``new_KD`` (a row for every code, K x D: fixed
+        shapes), the same on every rank (broadcast from rank 0)."""
         if self.l2_normalize:
             new_KD = F.normalize(new_KD, dim=-1)
         if _distributed():
             dist.broadcast(new_KD, src=0)
         new_KD = new_KD.to(self.codebook.dtype)
-        if new_KD.shape[0] == self.num_codes:
-            which_K1 = which_K[:, None]
-            self.codebook.data.copy_(torch.where(which_K1, new_KD, self.codebook.data))
-            if self.use_ema:
-                self.ema_sum.copy_(torch.where(which_K1, new_KD, self.ema_sum))
-        else:
-            self.codebook.data[which_K] = new_KD
-            if self.use_ema:
-                self.ema_sum[which_K] = new_KD
+        which_K1 = which_K[:, None]
+        self.codebook.data.copy_(torch.where(which_K1, new_KD, self.codebook.data))
+        if self.use_ema:
+            self.ema_sum.copy_(torch.where(which_K1, new_KD, self.ema_sum))
         if self.use_ema:
             self.ema_count.masked_fill_(which_K, 1.0)
         self.unused_steps.masked_fill_(which_K, 0)
@@ -224,18 +213,6 @@ class VectorQuantizer(nn.Module):
         self.unused_steps.add_(1).masked_fill_(counts_K > 0, 0)
         # counts are summed over ranks, so unused_steps (and dead_K) are already identical on every rank
         dead_K: Tensor = self.unused_steps >= self.dead_code_steps
-        fixed = self.fixed_shapes if self.fixed_shapes is not None else z_ND.device.type in ("xla", "meta")
-        if not fixed:
-            n_dead = int(dead_K.sum())
-            if n_dead == 0:
-                return
-            if err_N is not None and bool(err_N.sum() > 0):  # in proportion to the quantisation error
-                pick = torch.multinomial(err_N, n_dead, replacement=n_dead > int((err_N > 0).sum()))
-            else:
-                pick = torch.randint(0, z_ND.shape[0], (n_dead,), device=z_ND.device)
-            noise = 1e-3 * torch.randn(n_dead, self.code_dim, device=z_ND.device)
-            self._set_codes(dead_K, z_ND[pick] + noise)
-            return
         n, k = z_ND.shape[0], self.num_codes
         if err_N is None:
             pick_K = torch.randint(0, n, (k,), device=z_ND.device)
