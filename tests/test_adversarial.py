@@ -265,7 +265,7 @@ def test_generate_runs_or_fails_in_one_line(
     checkpoint: Path, steps: str, fps: str, actions: str, prompt: str, temperature: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:  # fmt: skip
-    from genie.generate import _main
+    from genie.generate import command
 
     root = tmp_path_factory.mktemp("generate")
     image = root / "prompt.png"
@@ -288,7 +288,7 @@ def test_generate_runs_or_fails_in_one_line(
 
     def run() -> None:
         cfg = compose_config(overrides, "generate")
-        _main(cfg)
+        command(cfg)
 
     check_user_error(run, overrides)
     assert not list((root / "out").glob("*.tmp")) if (root / "out").exists() else True
@@ -305,13 +305,13 @@ def test_evaluate_runs_or_fails_in_one_line(
     checkpoint: Path, files: dict[str, Path], eval_t: str, max_clips: str, batch_size: str, shards: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:  # fmt: skip
-    from genie.evaluate import _main
+    from genie.evaluate import command
 
     out = tmp_path_factory.mktemp("evaluate")
     overrides = [f"checkpoint={checkpoint}", f"shards={files[shards]}", f"eval.eval_t={eval_t}",
                  f"eval.max_clips={max_clips}", f"eval.batch_size={batch_size}", "eval.fvd=false",
                  "eval.rollout_clips=2", "eval.sampling.steps=1", f"paths.output_dir={out}"]  # fmt: skip
-    check_user_error(lambda: _main(compose_config(overrides, "evaluate")), overrides)
+    check_user_error(lambda: command(compose_config(overrides, "evaluate")), overrides)
 
 
 @FAST

@@ -204,7 +204,7 @@ def test_memory_plan_takes_the_experiments_batch_per_device() -> None:
 
 def test_memory_plan_counts_what_autograd_saves() -> None:
     from genie.config import compose_config
-    from genie.memory import _saved_bytes, plan, report
+    from genie.memory import plan, report, saved_bytes
     from genie.params import build
 
     cfg = compose_config(["+experiment=lam_tiny"])
@@ -213,10 +213,10 @@ def test_memory_plan_counts_what_autograd_saves() -> None:
     assert p.params == sum(q.numel() for q in meta_model.parameters())
     assert 0 < p.checkpointed_fp32 < p.activations_fp32 and p.activations_bf16 < p.activations_fp32
     # the meta-device count equals the bytes saved by a real forward on CPU
-    from genie.models.io import _BUILD
+    from genie.models.io import BUILDERS
     from genie.nn import STTransformer
 
-    real = _BUILD[stage][1](meta_model.cfg).eval()
+    real = BUILDERS[stage][1](meta_model.cfg).eval()
     for m in real.modules():
         if isinstance(m, STTransformer):
             m.train()
@@ -224,8 +224,8 @@ def test_memory_plan_counts_what_autograd_saves() -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH):  # the reference kernel, as on the meta device
-        assert _saved_bytes(lambda: real(video).loss.backward()) == p.activations_fp32
-    fused = _saved_bytes(lambda: real(video).loss.backward())  # CPU's fused attention saves less
+        assert saved_bytes(lambda: real(video).loss.backward()) == p.activations_fp32
+    fused = saved_bytes(lambda: real(video).loss.backward())  # CPU's fused attention saves less
     assert fused <= p.activations_fp32
     text = report(p, devices=8, batch=4)
     assert "FULL_SHARD over 8 devices" in text and "checkpointed" in text

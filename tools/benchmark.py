@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from genie.memory import _saved_bytes, peak_tensor_bytes
+from genie.memory import peak_tensor_bytes, saved_bytes
 from genie.models import TokenizerConfig, VideoTokenizer
 from genie.models.dynamics import DynamicsModel
 from genie.nn import STConfig, STTransformer, compile_blocks
@@ -420,10 +420,10 @@ def st_vs_full(quick: bool) -> list[dict[str, float]]:
             side = 8 if quick else 16  # 16x16 tokens per frame: the tiny and CoinRun tokenizers' grid
             step = _attention_train_step(mode, t, (side, side))
             row[f"{mode}_seconds"] = timeit(step, warmup=1, repeat=3)
-            row[f"{mode}_activation_bytes"] = _saved_bytes(step)
+            row[f"{mode}_activation_bytes"] = saved_bytes(step)
             row[f"{mode}_peak_bytes"] = peak_tensor_bytes(step)
             with sdpa_kernel(SDPBackend.MATH):  # attention matrices materialised (no fused kernel)
-                row[f"{mode}_activation_bytes_math"] = _saved_bytes(step)
+                row[f"{mode}_activation_bytes_math"] = saved_bytes(step)
                 row[f"{mode}_peak_bytes_math"] = peak_tensor_bytes(step)
         row["full_over_st"] = row["full_seconds"] / row["st_seconds"]
         row["st_over_full_memory"] = row["st_activation_bytes"] / row["full_activation_bytes"]
@@ -443,7 +443,7 @@ def st_vs_full_paper_grid() -> list[dict[str, float]]:
     for t in (4, 8, 16):
         row: dict[str, float] = {"T": t, "tokens_per_frame": grid[0] * grid[1]}
         for mode in ("st", "full"):
-            row[f"{mode}_activation_bytes"] = _saved_bytes(_attention_train_step(mode, t, grid, "meta"))
+            row[f"{mode}_activation_bytes"] = saved_bytes(_attention_train_step(mode, t, grid, "meta"))
         row["st_over_full_memory"] = row["st_activation_bytes"] / row["full_activation_bytes"]
         rows.append(row)
     return rows

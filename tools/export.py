@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from genie.lightning.common import resolve_checkpoint
-from genie.models.io import checkpoint_components, save_pretrained
+from genie.models.io import checkpoint_components, resolve_checkpoint, save_pretrained
 
 
 def main(argv: list[str] | None = None) -> int:

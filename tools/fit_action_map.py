@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from genie.data.pipeline import ClipStream, expand_shards
-from genie.envs import ActionMap, _load_genie
+from genie.envs import ActionMap, load_genie
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
-        from genie.lightning.common import resolve_checkpoint
+        from genie.models.io import resolve_checkpoint
 
         model_path = (
             Path(a.model) if Path(a.model).is_dir() else resolve_checkpoint(a.model, "model", "model")
         )
-        genie = _load_genie(model_path, "cpu")
+        genie = load_genie(model_path, "cpu")
         if genie.lam is None:
             raise ValueError(f"{a.model} has no latent action model to infer actions with")
         shards = expand_shards(a.shards)

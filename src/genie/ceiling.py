@@ -226,7 +226,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _main(cfg: Any) -> None:
+def command(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     options = OmegaConf.to_container(cfg.ceiling, resolve=True)
@@ -251,7 +251,7 @@ def _main(cfg: Any) -> None:
 def main() -> None:
     from genie.config import hydra_entry
 
-    hydra_entry("ceiling", _main)()
+    hydra_entry("ceiling", command)()
 
 
 if __name__ == "__main__":

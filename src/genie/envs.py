@@ -148,7 +148,7 @@ def load_prompts(source: Any, size: tuple[int, int], limit: int = 256) -> list[n
     return frames
 
 
-def _load_genie(genie: Genie | str | os.PathLike[str], device: str) -> Genie:
+def load_genie(genie: Genie | str | os.PathLike[str], device: str) -> Genie:
     if isinstance(genie, Genie):
         return genie
     path = Path(genie)
@@ -176,7 +176,7 @@ class _Worlds:
         reward_fn: RewardFn | None,
         device: str,
     ) -> None:
-        self.genie = _load_genie(genie, device).eval()
+        self.genie = load_genie(genie, device).eval()
         if action_map is None and not isinstance(genie, Genie):  # saved beside the model by fit_action_map
             beside = (Path(genie) if Path(genie).is_dir() else Path(genie).parent) / "action_map.json"
             action_map = beside if beside.is_file() else None

@@ -347,8 +347,7 @@ def load_components(
     lam: str | Path | None = None,
 ) -> tuple[VideoTokenizer | None, LatentActionModel | None, DynamicsModel | None, SamplingConfig | None]:
     """Models from a checkpoint of any stage (a dynamics one carries its tokenizer and LAM), plus overrides."""
-    from genie.lightning.common import resolve_checkpoint
-    from genie.models.io import checkpoint_stage, load_model, read_checkpoint
+    from genie.models.io import checkpoint_stage, load_model, read_checkpoint, resolve_checkpoint
 
     tok: nn.Module | None = None
     lam_model: nn.Module | None = None
@@ -421,7 +420,7 @@ def run(
     return metrics
 
 
-def _main(cfg: Any) -> None:
+def command(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     options = OmegaConf.to_container(cfg.eval, resolve=True)
@@ -443,7 +442,7 @@ def _main(cfg: Any) -> None:
 def main() -> None:
     from genie.config import hydra_entry
 
-    hydra_entry("evaluate", _main, also=(RuntimeError,))()
+    hydra_entry("evaluate", command, also=(RuntimeError,))()
 
 
 if __name__ == "__main__":

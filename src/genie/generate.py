@@ -93,7 +93,7 @@ def genie_and_prompt(cfg: Any) -> tuple[Genie, np.ndarray]:
     ``prompt``, ``shards``)."""
     from omegaconf import OmegaConf
 
-    from genie.lightning.common import resolve_checkpoint
+    from genie.models.io import resolve_checkpoint
 
     ckpt = resolve_checkpoint(cfg.checkpoint, "dynamics", "checkpoint")
     genie = Genie.from_checkpoints(ckpt, device=cfg.device)
@@ -104,7 +104,7 @@ def genie_and_prompt(cfg: Any) -> tuple[Genie, np.ndarray]:
     return genie, prompt_frame(genie, cfg.prompt, cfg.shards)
 
 
-def _main(cfg: Any) -> None:
+def command(cfg: Any) -> None:
     from omegaconf import OmegaConf
 
     steps, fps = cfg.steps, cfg.fps
@@ -127,7 +127,7 @@ def _main(cfg: Any) -> None:
 def main() -> None:
     from genie.config import hydra_entry
 
-    hydra_entry("generate", _main, also=(RuntimeError,))()
+    hydra_entry("generate", command, also=(RuntimeError,))()
 
 
 if __name__ == "__main__":

@@ -112,11 +112,11 @@ def behaviour_clone(
 
 def evaluate(act: Any, cfg: ImitationConfig, seed: int) -> float:
     """Mean return of ``act(frames_BHW3) -> real action ids`` over ``cfg.episodes`` episodes of unseen levels."""
-    from genie.data.procgen import _make_env
+    from genie.data.procgen import make_env
 
     env_cfg = ProcgenShardConfig(game=cfg.game, num_envs=cfg.episodes, start_level=cfg.eval_start_level,
                                  num_levels=10_000)  # fmt: skip
-    env = _make_env(env_cfg, "train", seed)
+    env = make_env(env_cfg, "train", seed)
     returns = np.zeros(cfg.episodes)
     done = np.zeros(cfg.episodes, bool)
     _, obs, _ = env.observe()
@@ -133,8 +133,7 @@ def evaluate(act: Any, cfg: ImitationConfig, seed: int) -> float:
 def run(
     lam_path: str, out_dir: str | os.PathLike[str], cfg: ImitationConfig, device: str = "cpu"
 ) -> dict[str, Any]:
-    from genie.lightning.common import resolve_checkpoint
-    from genie.models.io import load_model
+    from genie.models.io import load_model, resolve_checkpoint
 
     start = time.time()
     lam: Any = load_model(resolve_checkpoint(lam_path, "LAM", "--lam"), "lam").to(device).eval()

@@ -62,7 +62,7 @@ class MemoryPlan:
         }
 
 
-def _saved_bytes(fn: Any) -> int:
+def saved_bytes(fn: Any) -> int:
     """Bytes of the distinct tensors autograd saves while running ``fn()`` (meta tensors count by shape)."""
     seen: dict[int, int] = {}
     alive: list[torch.Tensor] = []  # hold every counted tensor, so that no id is reused during the count
@@ -113,7 +113,7 @@ def peak_tensor_bytes(fn: Any) -> int:
                 if t.device.type == "meta":
                     raise ValueError(
                         "peak_tensor_bytes needs tensors with storage, not meta ones; on the meta device "
-                        "count what autograd keeps with _saved_bytes"
+                        "count what autograd keeps with saved_bytes"
                     )
                 storage = t.untyped_storage()
                 key, size = storage.data_ptr(), storage.nbytes()
@@ -163,14 +163,14 @@ def _activations(stage: str, model: nn.Module, frames: int, dtype: torch.dtype, 
     for stack in stacks:  # ... but the ST stacks train, so that checkpointing is active
         stack.train()
         stack.cfg.checkpoint_activations = checkpointing
-    saved = _saved_bytes(_inputs(stage, model, frames, dtype))
+    saved = saved_bytes(_inputs(stage, model, frames, dtype))
     if not checkpointing:
         return saved
     # checkpointed blocks keep their input; backward rebuilds one block at a time (the largest)
     per_block = 0
     for stack in stacks:
         stack.cfg.checkpoint_activations = False
-    total_plain = _saved_bytes(_inputs(stage, model, frames, dtype))
+    total_plain = saved_bytes(_inputs(stage, model, frames, dtype))
     depth = sum(stack.cfg.depth for stack in stacks) or 1
     outside = saved  # tensors saved outside the checkpointed blocks (embeddings, heads, losses)
     per_block = max(0, total_plain - outside) // depth

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genie.config import compose_config
-from genie.models.io import _BUILD, config_from_dict
+from genie.models.io import BUILDERS, config_from_dict
 
 _STAGES = {"TokenizerModule": "tokenizer", "LAMModule": "lam", "DynamicsModule": "dynamics"}
 
@@ -42,7 +42,7 @@ def build(cfg: DictConfig) -> tuple[str, torch.nn.Module, list[str]]:
                 notes.append(f"{key}={value} assumed (taken from the checkpoints when training)")
     config = config_from_dict(stage, values)
     with torch.device("meta"):
-        model = _BUILD[stage][1](config)
+        model = BUILDERS[stage][1](config)
     return stage, model, notes
 
 

@@ -350,7 +350,7 @@ def play_terminal(session: PlaySession, read: Any = input, write: Any = print) -
         write(f"step {len(session.actions)} {fps}")
 
 
-def _main(cfg: Any) -> None:
+def command(cfg: Any) -> None:
     from genie.generate import genie_and_prompt
 
     genie, frame = genie_and_prompt(cfg)
@@ -365,7 +365,7 @@ def main() -> None:
     from genie.config import hydra_entry
 
     torch.set_grad_enabled(False)
-    hydra_entry("play", _main, also=(RuntimeError,))()
+    hydra_entry("play", command, also=(RuntimeError,))()
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = 
     return metrics
 
 
-def _main(cfg: DictConfig) -> None:
+def command(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
@@ -176,7 +176,7 @@ def _main(cfg: DictConfig) -> None:
     train(cfg, overrides)
 
 
-main = hydra_entry("train", _main)
+main = hydra_entry("train", command)
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class ProcgenShardConfig:
         return self.start_level + self.num_levels, self.val_levels
 
 
-def _make_env(cfg: ProcgenShardConfig, split: str, env_seed: int) -> Any:
+def make_env(cfg: ProcgenShardConfig, split: str, env_seed: int) -> Any:
     try:
         with contextlib.redirect_stderr(
             io.StringIO()
@@ -187,7 +187,7 @@ def procgen_clips(
     dropped. ``actions[t]`` is the action taken at frame t, which produced frame t+1.
     """
     seeds = np.random.SeedSequence(seed).generate_state(2)
-    env = _make_env(cfg, split, int(seeds[0]) & 0x7FFFFFFF)
+    env = make_env(cfg, split, int(seeds[0]) & 0x7FFFFFFF)
     rng = np.random.default_rng(int(seeds[1]))
     n, t_clip = cfg.num_envs, cfg.clip_frames
     frames: list[list[np.ndarray]] = [[] for _ in range(n)]

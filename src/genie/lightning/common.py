@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
-from genie.models.io import config_from_dict, load_model
+from genie.models.io import config_from_dict, load_model, resolve_checkpoint
 from genie.models.tokenizer import VideoTokenizer
 
 
@@ -129,31 +129,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def resolve_checkpoint(pattern: str | Path | None, what: str, option: str) -> Path:
-    """A checkpoint path, or the newest file matching a glob (e.g. ``outputs/tokenizer_tiny/*/checkpoints/last.ckpt``).
-
-    ``what`` names the checkpoint and ``option`` the config key that sets it, for the error message.
-    """
-    if not pattern:
-        raise ValueError(f"no {what} checkpoint given; set {option}=PATH/TO/last.ckpt")
-    text = str(pattern)
-    if any(ch in text for ch in "*?["):
-        root = Path(text).anchor or "."
-        rel = text[len(Path(text).anchor) :] if Path(text).anchor else text
-        matches = sorted(Path(root).glob(rel), key=lambda p: p.stat().st_mtime)
-        if not matches:
-            raise FileNotFoundError(
-                f"no {what} checkpoint matches {text}; train that stage first or set {option}=PATH"
-            )
-        return matches[-1]
-    path = Path(text)
-    if path.is_dir():
-        raise FileNotFoundError(f"{what} checkpoint {path} is a folder; set {option}=PATH/TO/last.ckpt")
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint {path} does not exist; set {option}=PATH/TO/last.ckpt")
-    return path
 
 
 def random_window(t: int, window: int | None) -> tuple[int, int]:

@@ -26,13 +26,12 @@ from genie.lightning.common import (
     media_root,
     plain_data,
     random_window,
-    resolve_checkpoint,
 )
 from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI
 from genie.metrics.video import frame_psnr
 from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig, seeded_generator
-from genie.models.io import config_from_dict, load_model
+from genie.models.io import config_from_dict, load_model, resolve_checkpoint
 from genie.models.lam import LAMConfig, LatentActionModel
 
 ActionSource = Literal["lam", "true", "cotrain"]

@@ -19,7 +19,7 @@ from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.tokenizer import TokenizerConfig, VideoTokenizer
 
 Stage = Literal["tokenizer", "lam", "dynamics"]
-_BUILD: dict[str, tuple[Any, Any]] = {
+BUILDERS: dict[str, tuple[Any, Any]] = {
     "tokenizer": (TokenizerConfig, VideoTokenizer),
     "lam": (LAMConfig, LatentActionModel),
     "dynamics": (DynamicsConfig, DynamicsModel),
@@ -30,6 +30,31 @@ _LOCATIONS: dict[str, list[tuple[str, str]]] = {
     "lam": [("model", "model."), ("lam_model", "lam.")],
     "dynamics": [("model", "model.")],
 }
+
+
+def resolve_checkpoint(pattern: str | Path | None, what: str, option: str) -> Path:
+    """A checkpoint path, or the newest file matching a glob (e.g. ``outputs/tokenizer_tiny/*/checkpoints/last.ckpt``).
+
+    ``what`` names the checkpoint and ``option`` the config key that sets it, for the error message.
+    """
+    if not pattern:
+        raise ValueError(f"no {what} checkpoint given; set {option}=PATH/TO/last.ckpt")
+    text = str(pattern)
+    if any(ch in text for ch in "*?["):
+        root = Path(text).anchor or "."
+        rel = text[len(Path(text).anchor) :] if Path(text).anchor else text
+        matches = sorted(Path(root).glob(rel), key=lambda p: p.stat().st_mtime)
+        if not matches:
+            raise FileNotFoundError(
+                f"no {what} checkpoint matches {text}; train that stage first or set {option}=PATH"
+            )
+        return matches[-1]
+    path = Path(text)
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} checkpoint {path} is a folder; set {option}=PATH/TO/last.ckpt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint {path} does not exist; set {option}=PATH/TO/last.ckpt")
+    return path
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -57,7 +82,7 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str:
 
 
 def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
-    cls = _BUILD[stage][0]
+    cls = BUILDERS[stage][0]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -68,7 +93,7 @@ def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
 def build_from_state(stage: str, config: Any, state: dict[str, torch.Tensor], source: str = "") -> nn.Module:
     """Build a ``stage`` model from its config and load ``state`` strictly, naming mismatching keys."""
     cfg = config if not isinstance(config, dict) else config_from_dict(stage, config)
-    model: nn.Module = _BUILD[stage][1](cfg)
+    model: nn.Module = BUILDERS[stage][1](cfg)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches: name the keys
@@ -157,9 +182,9 @@ def save_pretrained(
         raise FileExistsError(f"{out} is a file, not a folder; choose another output folder")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another folder or pass overwrite (--force)")
-    unknown = sorted(set(parts) - set(_BUILD))
+    unknown = sorted(set(parts) - set(BUILDERS))
     if unknown:
-        raise ValueError(f"unknown components {unknown}; expected some of {sorted(_BUILD)}")
+        raise ValueError(f"unknown components {unknown}; expected some of {sorted(BUILDERS)}")
     tensors = {
         f"{name}.{key}": value.detach().to("cpu").clone().contiguous()
         for name, model in parts.items()
@@ -212,8 +237,8 @@ def load_pretrained(
     parts: dict[str, nn.Module] = {}
     components = config.get("components") or {}
     for name, values in components.items():
-        if name not in _BUILD:
-            raise ValueError(f"{cfg_path}: unknown component {name!r}; expected some of {sorted(_BUILD)}")
+        if name not in BUILDERS:
+            raise ValueError(f"{cfg_path}: unknown component {name!r}; expected some of {sorted(BUILDERS)}")
         prefix = f"{name}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         parts[name] = build_from_state(name, dict(values), state, str(weights_path)).to(device)
