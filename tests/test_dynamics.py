@@ -8,15 +8,8 @@ import math
 import pytest
 import torch
 
-from genie.models.dynamics import (
-    DynamicsConfig,
-    DynamicsModel,
-    Rollout,
-    SamplingConfig,
-    masked_cross_entropy,
-    maskgit_fill,
-    maskgit_schedule,
-)
+from genie.models.dynamics import DynamicsConfig, DynamicsModel, masked_cross_entropy
+from genie.models.sampling import Rollout, SamplingConfig, maskgit_fill, maskgit_schedule
 from genie.nn import KVCache, STConfig
 
 
@@ -390,7 +383,7 @@ def test_loss_on_the_masked_tokens_equals_the_static_shape_loss(variant: str) ->
 
 
 def test_maskgit_draws_are_the_sizes_each_pass_samples() -> None:
-    from genie.models.dynamics import maskgit_draws
+    from genie.models.sampling import maskgit_draws
 
     for num_tokens, steps in ((12, 4), (256, 25), (3, 8), (1, 1)):
         seen: list[int] = []

@@ -74,7 +74,8 @@ def test_a_typed_override_of_the_wrong_type_names_its_key(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("override", "says"), [("steps=abc", "steps=abc: steps takes a whole number"), ("steps=0", "steps=0"), ("fps=0", "fps=0")]
+    ("override", "says"),
+    [("steps=abc", "steps=abc: steps takes a whole number"), ("steps=0", "steps=0"), ("fps=0", "fps=0")],
 )
 def test_generate_refuses_bad_steps_and_fps(override: str, says: str, tmp_path: Path) -> None:
     proc = genie_cli("genie.generate", "checkpoint=/nope/last.ckpt", override, cwd=tmp_path)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from genie.evaluate import EvalConfig, Evaluator, markdown_table, write_report
 from genie.metrics import FrechetVideoDistance, delta_psnr, fit_action_map, frechet_distance, probe_accuracy
-from genie.models.dynamics import SamplingConfig
+from genie.models.sampling import SamplingConfig
 from tiny import SIZE, tiny_models
 
 

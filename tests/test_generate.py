@@ -12,7 +12,7 @@ from PIL import Image
 from genie.generate import generate, parse_actions, write_rollout
 from genie.media import load_image, save_mp4
 from genie.models import Genie
-from genie.models.dynamics import SamplingConfig
+from genie.models.sampling import SamplingConfig
 from tiny import tiny_models
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from genie.models import Genie
-from genie.models.dynamics import SamplingConfig
+from genie.models.sampling import SamplingConfig
 from genie.play import PlaySession, ansi_frame, play_terminal
 from tiny import SIZE, tiny_models
 

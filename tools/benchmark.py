@@ -323,7 +323,8 @@ def play_speed(
     import statistics
 
     from genie.models import Genie
-    from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig
+    from genie.models.dynamics import DynamicsConfig, DynamicsModel
+    from genie.models.sampling import SamplingConfig
 
     if compiled:  # a fresh start: dynamo keeps at most 8 compiled variants of the ST block's code
         torch._dynamo.reset()

@@ -28,8 +28,9 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from genie.ceiling import nmi, shuffled_nmi
 from genie.metrics import ActionNMI, CodeUsage, FrechetVideoDistance, frame_psnr, probe_accuracy
-from genie.models.dynamics import DynamicsModel, SamplingConfig, seeded_generator
+from genie.models.dynamics import DynamicsModel
 from genie.models.lam import LatentActionModel
+from genie.models.sampling import SamplingConfig, seeded_generator
 from genie.models.tokenizer import VideoTokenizer
 
 # Named evaluation protocols: clip frames and MaskGIT steps they fix (None: the run's own).

@@ -30,9 +30,10 @@ from genie.lightning.common import (
 from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI
 from genie.metrics.video import frame_psnr
-from genie.models.dynamics import DynamicsConfig, DynamicsModel, SamplingConfig, seeded_generator
+from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.models.io import config_from_dict, load_model, resolve_checkpoint
 from genie.models.lam import LAMConfig, LatentActionModel
+from genie.models.sampling import SamplingConfig, seeded_generator
 
 ActionSource = Literal["lam", "true", "cotrain"]
 

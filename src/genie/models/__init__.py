@@ -1,8 +1,9 @@
 """The Genie models in pure torch: video tokenizer, latent action model, dynamics, and the composed world."""
 
-from genie.models.dynamics import DynamicsConfig, DynamicsModel, Rollout, SamplingConfig
+from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.models.genie import Genie
 from genie.models.lam import LAMConfig, LAMOutput, LatentActionModel
+from genie.models.sampling import Rollout, SamplingConfig
 from genie.models.tokenizer import TokenizerConfig, TokenizerOutput, VideoTokenizer
 
 __all__ = [

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genie.models.dynamics import DynamicsModel, Rollout, SamplingConfig, action_ids, seeded_generator
+from genie.models.dynamics import DynamicsModel
 from genie.models.lam import LatentActionModel
+from genie.models.sampling import Rollout, SamplingConfig, action_ids, seeded_generator
 from genie.models.tokenizer import VideoTokenizer
 from genie.nn import KVCache, compile_blocks
 from genie.nn.graph import CapturedStep
