@@ -217,7 +217,7 @@ def check_user_error(fn: Callable[[], Any], overrides: list[str]) -> None:
         assert "\n" not in line
 
 
-@FAST
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
     experiment=st.sampled_from(["tokenizer_tiny", "lam_tiny"]),
     pairs=st.lists(

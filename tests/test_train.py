@@ -38,7 +38,7 @@ def run_train(
         "callbacks.rich_progress_bar=null",
         *overrides,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
 
 
 @pytest.mark.slow

@@ -54,6 +54,13 @@ class ClipDataModule(L.LightningDataModule):
         global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        for name, value, least in (
+            ("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1), ("num_workers", num_workers, 0),
+            ("frames", frames, 1), ("val_frames", val_frames, 1), ("shuffle_buffer", shuffle_buffer, 0),
+            ("global_batch_size", global_batch_size, 1),
+        ):  # fmt: skip
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"data.{name} must be a whole number >= {least}, got {value!r}")
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.batch_size = batch_size
