@@ -12,7 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from genie.evaluate import EvalConfig, Evaluator, markdown_table, write_report
-from genie.metrics import FrechetVideoDistance, delta_psnr, fit_action_map, frechet_distance, probe_accuracy
+from genie.metrics import (
+    DeltaPSNR,
+    FrechetVideoDistance,
+    fit_action_map,
+    frechet_distance,
+    probe_accuracy,
+    random_actions,
+)
 from genie.models.sampling import SamplingConfig
 from tiny import SIZE, tiny_models
 
@@ -101,12 +108,19 @@ def test_probe_on_independent_labels_is_near_chance() -> None:
 
 
 # -- ΔtPSNR -----------------------------------------------------------------------------------------------
-def test_delta_psnr_definition() -> None:
+def test_delta_psnr_metric_definition_and_random_actions() -> None:
     target = torch.full((2, 3, 4, 4), 0.5)
     near, far = target + 0.01, target + 0.1
-    d = delta_psnr(target, near, far)
-    assert torch.allclose(d, torch.full((2,), 20.0), atol=1e-3)  # 10·log10(0.1²/0.01²)
-    assert torch.allclose(delta_psnr(target, near, near), torch.zeros(2))
+    metric = DeltaPSNR()
+    metric.update(target, near, far)
+    inferred, random, delta = metric.compute()
+    assert float(inferred) == pytest.approx(40.0, abs=1e-3) and float(random) == pytest.approx(20.0, abs=1e-3)
+    assert float(delta) == pytest.approx(20.0, abs=1e-3)  # 10·log10(0.1²/0.01²)
+    metric.update(target, far, far)  # a second batch where the actions do not matter
+    assert float(metric.compute()[2]) == pytest.approx(10.0, abs=1e-3)  # the mean over the 4 examples
+    a = random_actions(3, 5, 4, seed=7, device="cpu")
+    assert a.shape == (3, 5) and a.min() >= 0 and a.max() < 4
+    assert torch.equal(a, random_actions(3, 5, 4, seed=7, device="cpu"))  # one generator, the same ids
 
 
 def test_delta_psnr_is_zero_when_the_model_ignores_actions() -> None:

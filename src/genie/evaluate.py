@@ -27,7 +27,15 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from genie.ceiling import nmi, shuffled_nmi
-from genie.metrics import ActionNMI, CodeUsage, FrechetVideoDistance, frame_psnr, probe_accuracy
+from genie.metrics import (
+    ActionNMI,
+    CodeUsage,
+    DeltaPSNR,
+    FrechetVideoDistance,
+    frame_psnr,
+    probe_accuracy,
+    random_actions,
+)
 from genie.models.dynamics import DynamicsModel
 from genie.models.lam import LatentActionModel
 from genie.models.sampling import SamplingConfig, seeded_generator
@@ -98,7 +106,7 @@ class Evaluator:
         self.tok_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.dyn_psnr = MeanMetric()
         self.dyn_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.psnr_t, self.psnr_t_random = MeanMetric(), MeanMetric()
+        self.delta_psnr = DeltaPSNR()
         self.psnr_by_t: list[MeanMetric] = []
         num_actions = (
             lam.cfg.num_actions if lam is not None else (dynamics.cfg.num_actions if dynamics else 0)
@@ -190,11 +198,9 @@ class Evaluator:
             )
         n = self.cfg.eval_t - 1  # frames generated up to t
         if n >= 1:
-            g = torch.Generator().manual_seed(seed + 7)
-            random_actions = torch.randint(0, self.dynamics.cfg.num_actions, (b, n), generator=g).to(device)
-            gen_random = self.tokenizer.decode(self._generate(tokens[:, :1], random_actions, seed))
-            self.psnr_t.update(frame_psnr(gen[:, n], video[:, n]))
-            self.psnr_t_random.update(frame_psnr(gen_random[:, n], video[:, n]))
+            randoms = random_actions(b, n, self.dynamics.cfg.num_actions, seed + 7, device)
+            gen_random = self.tokenizer.decode(self._generate(tokens[:, :1], randoms, seed))
+            self.delta_psnr.update(video[:, n], gen[:, n], gen_random[:, n])
         if self.fvd is not None and t >= 9:
             self.fvd.update(video, real=True)
             self.fvd.update(gen, real=False)
@@ -244,11 +250,11 @@ class Evaluator:
             out["dynamics/ssim_by_t"] = [round(_scalar(m.compute()), 4) for m in self.dyn_ssim_by_t]
             out["protocol"] = self.cfg.protocol
             out["dynamics/maskgit_steps"] = self.sampling.steps
-            if self.psnr_t.update_count > 0:
-                inferred, random = float(self.psnr_t.compute()), float(self.psnr_t_random.compute())
+            if self.delta_psnr.update_count > 0:
+                inferred, random, delta = (float(v) for v in self.delta_psnr.compute())
                 out[f"dynamics/psnr_t{t}"] = inferred
                 out[f"dynamics/psnr_t{t}_random"] = random
-                out[f"dynamics/delta_psnr_t{t}"] = inferred - random
+                out[f"dynamics/delta_psnr_t{t}"] = delta
         if self.fvd is not None and self.fvd.real_n >= 2:
             out["fvd"] = float(self.fvd.compute())
             out["fvd_clips"] = int(self.fvd.real_n)

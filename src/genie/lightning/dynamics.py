@@ -28,8 +28,7 @@ from genie.lightning.common import (
     random_window,
 )
 from genie.media import save_gif, video_grid
-from genie.metrics import ActionNMI
-from genie.metrics.video import frame_psnr
+from genie.metrics import ActionNMI, DeltaPSNR, frame_psnr, random_actions
 from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.models.io import config_from_dict, load_model, resolve_checkpoint
 from genie.models.lam import LAMConfig, LatentActionModel
@@ -111,8 +110,7 @@ class DynamicsModule(StageModule):
         self.media_clips = media_clips
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()
-        self.val_psnr = MeanMetric()
-        self.val_psnr_random = MeanMetric()
+        self.val_delta_psnr = DeltaPSNR()
         self.val_psnr_rollout = MeanMetric()
         self.val_psnr_tokenizer = MeanMetric()
         self.val_nmi = ActionNMI(self.cfg.num_actions)
@@ -201,30 +199,25 @@ class DynamicsModule(StageModule):
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=b)
         self.log("val/token_acc", self.val_acc, batch_size=b)
         if self.eval_batches is None or batch_idx < self.eval_batches:
-            self._rollouts(video, tokens, actions, gen, batch_idx)
+            self._rollouts(video, tokens, actions, batch_idx)
 
     @torch.no_grad()
-    def _rollouts(
-        self, video: Tensor, tokens: Tensor, actions: Tensor, gen: torch.Generator, batch_idx: int
-    ) -> None:
+    def _rollouts(self, video: Tensor, tokens: Tensor, actions: Tensor, batch_idx: int) -> None:
         """From the clip's first frame, generate frames 2..t (t = ``eval_t``, 1-based) with the clip's
         inferred actions and with random ones; compare frame t to the real one."""
         b, t = video.shape[:2]
         n = min(self.eval_t, t) - 1  # new frames
         seed = 2000 + batch_idx
         prompt = tokens[:, :1]
-        random_actions = torch.randint(0, self.cfg.num_actions, (b, n), generator=gen, device=gen.device).to(
-            video.device
-        )
+        randoms = random_actions(b, n, self.cfg.num_actions, seed + 7, video.device)
         rolled = {}
-        for name, acts in (("inferred", actions[:, :n]), ("random", random_actions)):
+        for name, acts in (("inferred", actions[:, :n]), ("random", randoms)):
             g = seeded_generator(video.device, seed)  # same sampling noise for both
             rolled[name] = self.tokenizer.decode(
                 self.model.generate(prompt, acts, sampling=self.sampling, generator=g)
             )
         target = video[:, n]
-        self.val_psnr.update(frame_psnr(rolled["inferred"][:, n], target))
-        self.val_psnr_random.update(frame_psnr(rolled["random"][:, n], target))
+        self.val_delta_psnr.update(target, rolled["inferred"][:, n], rolled["random"][:, n])
         self.val_psnr_rollout.update(
             frame_psnr(rolled["inferred"][:, 1:].flatten(0, 1), video[:, 1 : n + 1].flatten(0, 1))
         )
@@ -239,13 +232,13 @@ class DynamicsModule(StageModule):
 
     def on_validation_epoch_end(self) -> None:
         t = self.eval_t
-        if self.val_psnr.update_count > 0 or self.trainer.world_size > 1:
-            psnr, psnr_random = self.val_psnr.compute(), self.val_psnr_random.compute()
+        if self.val_delta_psnr.update_count > 0 or self.trainer.world_size > 1:
+            psnr, psnr_random, delta = self.val_delta_psnr.compute()
             self.log_dict(
                 {
                     f"val/psnr_t{t}": psnr,
                     f"val/psnr_t{t}_random": psnr_random,
-                    f"val/delta_psnr_t{t}": psnr - psnr_random,
+                    f"val/delta_psnr_t{t}": delta,
                     "val/rollout_psnr": self.val_psnr_rollout.compute(),
                     f"val/tokenizer_psnr_t{t}": self.val_psnr_tokenizer.compute(),
                 }
@@ -253,8 +246,7 @@ class DynamicsModule(StageModule):
         if self.val_nmi.counts.sum() > 0 or (self.trainer.world_size > 1 and self.actions != "true"):
             self.log("val/nmi", self.val_nmi.compute())
         for metric in (
-            self.val_psnr,
-            self.val_psnr_random,
+            self.val_delta_psnr,
             self.val_psnr_rollout,
             self.val_psnr_tokenizer,
             self.val_nmi,

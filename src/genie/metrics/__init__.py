@@ -4,16 +4,17 @@
 """
 
 from genie.metrics.actions import ActionNMI, CodeUsage, fit_action_map, nmi_from_counts, probe_accuracy
-from genie.metrics.video import FrechetVideoDistance, delta_psnr, frame_psnr, frechet_distance
+from genie.metrics.video import DeltaPSNR, FrechetVideoDistance, frame_psnr, frechet_distance, random_actions
 
 __all__ = [
     "ActionNMI",
     "CodeUsage",
+    "DeltaPSNR",
     "FrechetVideoDistance",
-    "delta_psnr",
     "fit_action_map",
     "frame_psnr",
     "frechet_distance",
     "nmi_from_counts",
     "probe_accuracy",
+    "random_actions",
 ]

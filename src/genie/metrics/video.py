@@ -112,7 +112,34 @@ def frame_psnr(a: Tensor, b: Tensor) -> Tensor:
     return -10 * torch.log10(mse)
 
 
-def delta_psnr(target: Tensor, with_inferred: Tensor, with_random: Tensor) -> Tensor:
-    """ΔtPSNR per example: PSNR(x_t, x̂_t) − PSNR(x_t, x̂'_t) for frames generated with the inferred
-    and with random actions from the same prompt (Genie §3). Higher = the actions matter more."""
-    return frame_psnr(with_inferred, target) - frame_psnr(with_random, target)
+def random_actions(batch: int, steps: int, num_actions: int, seed: int, device: torch.device | str) -> Tensor:
+    """The random actions ΔtPSNR compares against: ``actions_BN`` uniform over ``num_actions``, drawn on the CPU
+    from ``seed`` (the same ids on every device), then moved to ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_actions, (batch, steps), generator=g).to(device)
+
+
+class DeltaPSNR(Metric):
+    """Controllability (Genie §3): PSNR(x_t, x̂_t) with the inferred actions, PSNR(x_t, x̂'_t) with random ones,
+    both from the same prompt with the same sampling noise, and their difference ΔtPSNR - higher, the actions
+    matter more. ``compute()`` returns ``[psnr_inferred, psnr_random, delta]`` (means over the examples)."""
+
+    full_state_update = False
+    inferred: Tensor
+    random: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("inferred", "random", "count"):
+            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, target_BCHW: Tensor, with_inferred_BCHW: Tensor, with_random_BCHW: Tensor) -> None:
+        self.inferred += frame_psnr(with_inferred_BCHW, target_BCHW).double().sum()
+        self.random += frame_psnr(with_random_BCHW, target_BCHW).double().sum()
+        self.count += target_BCHW.shape[0]
+
+    def compute(self) -> Tensor:
+        n = self.count.clamp_min(1)
+        inferred, random = self.inferred / n, self.random / n
+        return torch.stack((inferred, random, inferred - random)).float()
