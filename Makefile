@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev,video,metrics,play,agents
 
-.PHONY: install browser test lint format typecheck docs pytest test-procgen procgen-venv test-xla xla-venv demo bench clean
+.PHONY: install browser test lint format typecheck docs pytest test-procgen procgen-venv test-xla xla-venv demo play pretrained bench clean
 
 install: $(STAMP)
 
@@ -84,6 +84,17 @@ test: lint typecheck docs pytest test-procgen
 
 demo: install
 	$(PY) -m genie.demo $(DEMO_ARGS)
+
+# The shipped world (pretrained/platformer: the demo's three tiny stages as safetensors + YAML, and a prompt).
+# `make play` opens it on the play page with no training; `make pretrained` regenerates it from a demo run
+# (do so whenever the demo's recipe changes).
+PRETRAINED := pretrained/platformer
+play: install
+	$(PY) -m genie.play checkpoint=$(PRETRAINED) prompt=$(PRETRAINED)/prompt.png $(PLAY_ARGS)
+
+pretrained: demo
+	$(PY) tools/export.py demo/dynamics/checkpoints/last.ckpt --out $(PRETRAINED) --force \
+	  --prompt 'demo/data/synthetic-64/val-*.tar'
 
 bench: install
 	$(PY) tools/benchmark.py $(BENCH_ARGS)

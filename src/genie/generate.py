@@ -89,14 +89,17 @@ def write_rollout(
 
 
 def genie_and_prompt(cfg: Any) -> tuple[Genie, np.ndarray]:
-    """The world and its prompt frame from a generate/play config (``checkpoint``, ``sampling``, ``device``,
-    ``prompt``, ``shards``)."""
+    """The world and its prompt frame from a generate/play config (``checkpoint``: a dynamics checkpoint or
+    glob, or a folder written by ``tools/export.py``; ``sampling``, ``device``, ``prompt``, ``shards``)."""
     from omegaconf import OmegaConf
 
-    from genie.models.io import resolve_checkpoint
+    from genie.models.io import CONFIG_FILE, resolve_checkpoint
 
-    ckpt = resolve_checkpoint(cfg.checkpoint, "dynamics", "checkpoint")
-    genie = Genie.from_checkpoints(ckpt, device=cfg.device)
+    if cfg.checkpoint and (Path(str(cfg.checkpoint)) / CONFIG_FILE).is_file():  # an exported world
+        genie = Genie.from_pretrained(str(cfg.checkpoint), device=cfg.device)
+    else:
+        ckpt = resolve_checkpoint(cfg.checkpoint, "dynamics", "checkpoint")
+        genie = Genie.from_checkpoints(ckpt, device=cfg.device)
     given = OmegaConf.to_container(cfg.sampling) or {}
     assert isinstance(given, dict)
     overrides = {str(k): v for k, v in given.items() if v is not None}
