@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,23 +226,17 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def command(cfg: Any) -> None:
-    from omegaconf import OmegaConf
+    from genie.config import options
+    from genie.data.shards import atomic_write_text
 
-    options = OmegaConf.to_container(cfg.ceiling, resolve=True)
-    assert isinstance(options, dict)
+    size = (int(cfg.size[0]), int(cfg.size[1]))
     result = ceiling(
-        cfg.train_shards,
-        cfg.val_shards,
-        CeilingConfig(**{str(k): v for k, v in options.items()}),
-        size=(int(cfg.size[0]), int(cfg.size[1])),
-        frames=cfg.frames,
+        cfg.train_shards, cfg.val_shards, options(cfg.ceiling, CeilingConfig), size=size, frames=cfg.frames
     )
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("ceiling.json", json.dumps(result, indent=2)), ("ceiling.md", markdown(result))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    atomic_write_text(out / "ceiling.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "ceiling.md", markdown(result))
     print(markdown(result))
     print(f"[genie] wrote {out / 'ceiling.json'} and ceiling.md")
 

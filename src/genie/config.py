@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
@@ -31,6 +31,18 @@ def conf_dir() -> Path:
     raise FileNotFoundError(
         "cannot find the genie conf/ directory; install from a checkout (pip install -e .) or set GENIE_CONF_DIR"
     )
+
+
+T = TypeVar("T")
+
+
+def options(node: Any, cls: type[T]) -> T:
+    """A dataclass of options (``EvalConfig``, ``CeilingConfig``, ...) from a config node, resolved."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    return cls(**{str(k): v for k, v in values.items()})
 
 
 def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:

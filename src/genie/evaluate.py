@@ -15,7 +15,6 @@ what the checkpoint(s) hold — a dynamics checkpoint carries its tokenizer and 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,11 +339,11 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     """``metrics.json`` and ``metrics.md`` in ``out_dir`` (each written to a temporary name, then renamed)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from genie.data.shards import atomic_write_text
+
     paths = (out / "metrics.json", out / "metrics.md")
-    for path, text in zip(paths, (json.dumps(metrics, indent=2), markdown_table(metrics))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    for path, text in zip(paths, (json.dumps(metrics, indent=2), markdown_table(metrics)), strict=True):
+        atomic_write_text(path, text)
     return paths
 
 
@@ -428,15 +427,13 @@ def run(
 
 
 def command(cfg: Any) -> None:
-    from omegaconf import OmegaConf
+    from genie.config import options
 
-    options = OmegaConf.to_container(cfg.eval, resolve=True)
-    assert isinstance(options, dict)
     metrics = run(
         cfg.checkpoint,
         cfg.shards,
         cfg.paths.output_dir,
-        EvalConfig(**{str(k): v for k, v in options.items()}),
+        options(cfg.eval, EvalConfig),
         tokenizer=cfg.get("tokenizer_ckpt"),
         lam=cfg.get("lam_ckpt"),
         frames=cfg.frames,
