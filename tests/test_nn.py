@@ -129,11 +129,21 @@ def test_sdpa_matches_explicit_softmax(qk_norm: str, causal: bool, use_rope: boo
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_qk_norm_kinds_and_the_earlier_booleans() -> None:
+def test_qk_norm_kinds_and_old_checkpoints_booleans_migrate() -> None:
     assert STConfig().qk_norm == "layer"
-    assert STConfig(qk_norm=True).qk_norm == "rms"  # configs and checkpoints written before "layer" existed
-    assert STConfig(qk_norm=False).qk_norm == "none"
-    assert Attention(8, 2, qk_norm=True).qk_norm == "rms"
+    with pytest.raises(ValueError, match="qk_norm must be"):
+        STConfig(qk_norm=True)  # type: ignore[arg-type]
+    from genie.models.io import config_from_dict  # checkpoints saved with the boolean load as trained
+
+    old = {
+        "num_codes": 8,
+        "grid": [2, 2],
+        "num_actions": 4,
+        "transformer": {"dim": 16, "depth": 1, "num_heads": 2, "qk_norm": True},
+    }
+    assert config_from_dict("dynamics", old).st.qk_norm == "rms"
+    old["transformer"]["qk_norm"] = False  # type: ignore[index]
+    assert config_from_dict("dynamics", old).st.qk_norm == "none"
     with pytest.raises(ValueError, match="qk_norm must be"):
         STConfig(qk_norm="l2")  # type: ignore[arg-type]
     # LayerNorm and RMSNorm differ exactly by the per-head mean of the queries and keys

@@ -81,7 +81,19 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str:
     return str(hp.get("stage", "tokenizer"))  # tokenizer checkpoints from before stages were recorded
 
 
+def _migrate(values: Any) -> Any:
+    """Configs saved before ``qk_norm`` took names wrote it as a boolean: true meant ``"rms"``, false ``"none"``."""
+    if isinstance(values, dict):
+        return {
+            k: ({True: "rms", False: "none"}[v] if k == "qk_norm" and isinstance(v, bool) else _migrate(v))
+            for k, v in values.items()
+        }
+    return values
+
+
 def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
+    """A ``stage`` config from a plain mapping (a checkpoint's or a YAML file's), older spellings migrated."""
+    values = _migrate(values)
     cls = BUILDERS[stage][0]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

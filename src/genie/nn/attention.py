@@ -141,14 +141,10 @@ class KVCacheLayer:
 QKNorm = Literal["layer", "rms", "none"]
 
 
-def resolve_qk_norm(qk_norm: QKNorm | bool) -> QKNorm:
-    """``"layer"``, ``"rms"`` or ``"none"``; the booleans of earlier configs mean ``"rms"`` / ``"none"``."""
-    if qk_norm is True:
-        return "rms"
-    if qk_norm is False:
-        return "none"
-    if qk_norm not in ("layer", "rms", "none"):
-        raise ValueError(f"qk_norm must be 'layer', 'rms' or 'none' (or true = 'rms'), got {qk_norm!r}")
+def check_qk_norm(qk_norm: QKNorm) -> QKNorm:
+    """``qk_norm`` if it is ``"layer"``, ``"rms"`` or ``"none"``; a one-line error otherwise."""
+    if qk_norm not in ("layer", "rms", "none") or isinstance(qk_norm, bool):
+        raise ValueError(f"qk_norm must be 'layer', 'rms' or 'none', got {qk_norm!r}")
     return qk_norm
 
 
@@ -171,8 +167,7 @@ class Attention(nn.Module):
     before the dot product, with a learnable per-channel scale, which keeps logits bounded in low precision:
     ``qk_norm="layer"`` (LayerNorm without bias, as ViT-22B introduced it; PyTorch has fused CPU and GPU
     kernels for its forward and backward), ``"rms"`` (RMSNorm; on the CPU its backward runs as separate
-    elementwise ops, ~10% of a d 512 train step) or ``"none"``. ``True``/``False`` (the earlier spelling)
-    mean ``"rms"``/``"none"``, so configs and checkpoints written with them load as they were trained.
+    elementwise ops, ~10% of a d 512 train step) or ``"none"``.
     """
 
     def __init__(
@@ -180,7 +175,7 @@ class Attention(nn.Module):
         dim: int,
         num_heads: int,
         head_dim: int | None = None,
-        qk_norm: QKNorm | bool = "layer",
+        qk_norm: QKNorm = "layer",
         dropout: float = 0.0,
         norm_eps: float = 1e-6,
     ) -> None:
@@ -198,7 +193,7 @@ class Attention(nn.Module):
         inner = num_heads * head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.proj = nn.Linear(inner, dim, bias=False)
-        self.qk_norm = resolve_qk_norm(qk_norm)
+        self.qk_norm = check_qk_norm(qk_norm)
         self.q_scale = nn.Parameter(torch.ones(head_dim)) if self.qk_norm != "none" else None
         self.k_scale = nn.Parameter(torch.ones(head_dim)) if self.qk_norm != "none" else None
 
@@ -250,6 +245,6 @@ class Attention(nn.Module):
         return self.proj(rearrange(out_BHLK, "b h l k -> b l (h k)"))
 
     @staticmethod
-    def param_formula(dim: int, num_heads: int, head_dim: int, qk_norm: QKNorm | bool) -> int:
+    def param_formula(dim: int, num_heads: int, head_dim: int, qk_norm: QKNorm) -> int:
         """Closed form of the parameter count: q, k, v and output projections plus the two QK-norm scales."""
-        return 4 * dim * num_heads * head_dim + (2 * head_dim if resolve_qk_norm(qk_norm) != "none" else 0)
+        return 4 * dim * num_heads * head_dim + (2 * head_dim if check_qk_norm(qk_norm) != "none" else 0)

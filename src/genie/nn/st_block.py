@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from genie.nn.attention import Attention, KVCache, KVCacheLayer, QKNorm, Rope, resolve_qk_norm
+from genie.nn.attention import Attention, KVCache, KVCacheLayer, QKNorm, Rope, check_qk_norm
 from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies, rope_inv_freq
 
 AttentionMode = Literal["st", "spatial", "full"]
@@ -39,7 +39,7 @@ class STConfig:
     mlp: MLPKind = "gelu"
     attention: AttentionMode = "st"
     causal: bool = True  # causal over time (the paper's tokenizer, LAM and dynamics all are)
-    qk_norm: QKNorm | bool = "layer"  # "layer" / "rms" / "none" (true, the earlier spelling: "rms")
+    qk_norm: QKNorm = "layer"  # "layer" / "rms" / "none"
     pos_emb: PosEmb = "rope"
     max_frames: int = 16  # learned positions only
     max_grid: Sequence[int] = field(default_factory=lambda: (64, 64))  # learned positions only
@@ -53,7 +53,7 @@ class STConfig:
             raise ValueError(f"attention must be 'st', 'spatial' or 'full', got {self.attention!r}")
         if self.mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
-        self.qk_norm = resolve_qk_norm(self.qk_norm)
+        self.qk_norm = check_qk_norm(self.qk_norm)
         if self.pos_emb not in ("rope", "learned", "none"):
             raise ValueError(f"pos_emb must be 'rope', 'learned' or 'none', got {self.pos_emb!r}")
         if self.head_dim is None and self.dim % self.num_heads:
