@@ -94,6 +94,41 @@ def test_tiny_lam_then_dynamics_two_steps_each(tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and "val/delta_psnr_t4" in metrics and "val/token_acc" in metrics
     assert list((run / "logs" / "media").glob("rollout_step*.gif"))
+    # the same stage on pretokenized clips (tools/pretokenize.py), validated on the pixel clips
+    tokens = tmp_path / "tokens"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "tools" / "pretokenize.py"), "--shards", str(tmp_path / "data" / "synthetic-64" / "train-*.tar"),
+         "--out", str(tokens), "--tokenizer", str(runs["tokenizer_tiny"]), "--lam", str(runs["lam_tiny"])],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tokens / "manifest.json").read_text())["clips"] == 24
+    run = tmp_path / "dynamics_tokens"
+    common = [
+        f"model.tokenizer_ckpt={runs['tokenizer_tiny']}",
+        "model.sampling.steps=2",
+        *TWO_STEPS,
+        *TINY_DATA,
+    ]
+    proc = run_train(
+        tmp_path, "+experiment=dynamics_tiny", f"model.lam_ckpt={runs['lam_tiny']}", f"data.train_tokens={tokens}",
+        *common, run_dir=run,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and "val/delta_psnr_t4" in metrics
+    # tokens without latent actions (pretokenized without --lam) for actions=lam: one line, no traceback
+    bare = tmp_path / "tokens-bare"
+    cmd = [sys.executable, str(root / "tools" / "pretokenize.py"), "--shards", str(tmp_path / "data" / "synthetic-64" / "train-*.tar"),
+           "--out", str(bare), "--tokenizer", str(runs["tokenizer_tiny"])]  # fmt: skip
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    proc = run_train(
+        tmp_path, "+experiment=dynamics_tiny", f"model.lam_ckpt={runs['lam_tiny']}", f"data.train_tokens={bare}",
+        *common, run_dir=tmp_path / "refused",
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "carry no latent actions" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_dynamics_11b_cfg_job_resolves() -> None:
@@ -294,6 +329,9 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     ]
     assert all(r["clips_per_s"] > 0 and r["tokens_per_s"] > r["frames_per_s"] > 0 for r in stages)
     assert result["data"]["train_clips_per_s"] == max(r["clips_per_s"] for r in stages)
+    tokens = result["dynamics_train_steps_pretokenized"]  # the dynamics stage on stored tokens
+    assert [(r["stage"], r["dims"], r["pretokenized"]) for r in tokens] == [("dynamics", "tiny", True)]
+    assert tokens[0]["clips_per_s"] > 0 and "on pretokenized clips" in (tmp_path / "benchmark.md").read_text()
     assert all(r["full_over_st"] > 0 for r in result["st_vs_full_attention"])
     assert all(r["st_over_full_memory_math"] > 0 for r in result["st_vs_full_attention"])
     # peak tensor memory: materialised full attention's grows faster in T than the ST block's

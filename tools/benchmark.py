@@ -178,6 +178,7 @@ def stage_step(
     checkpointing: bool = False,
     repeat: int | None = None,
     compiled: bool = False,
+    tokens: bool = False,
 ) -> dict[str, Any]:
     """Throughput of one stage's training step as ``python -m genie.train +experiment=NAME`` runs it: the
     experiment's LightningModule (its ``training_step``: the stage's windows, losses, frozen models) and the
@@ -189,7 +190,8 @@ def stage_step(
     the experiment's batch, and ``peak_memory_gib`` (``torch.cuda.max_memory_allocated``). ``batch``
     overrides the batch; ``checkpointing``: activation checkpointing per ST block
     (``callbacks.scale.activation_checkpointing=true``); ``compiled``: each ST block compiled
-    (``callbacks.scale.compile_blocks=true``; the warm-up step compiles). ``clips_per_s``: the data's clips consumed;
+    (``callbacks.scale.compile_blocks=true``; the warm-up step compiles); ``tokens``: the dynamics stage on
+    pretokenized clips (``data.train_tokens``: stored tokens and latent actions, no tokenizer or LAM pass). ``clips_per_s``: the data's clips consumed;
     ``frames_per_s`` / ``tokens_per_s``: the frames the step trains on (its windows) and their tokens."""
     import contextlib
     import statistics
@@ -233,6 +235,14 @@ def stage_step(
         "video": torch.rand(b, frames, 3, h, w, device=device),
         "actions": torch.zeros(b, frames - 1, dtype=torch.long, device=device),
     }
+    if tokens:
+        assert stage == "dynamics", "pretokenized clips are for the dynamics stage"
+        hw = tuple(module.cfg.hw)
+        clips = {
+            "tokens": torch.randint(0, module.cfg.num_codes, (b, frames, *hw), device=device),
+            "latent_actions": torch.randint(0, module.cfg.num_actions, (b, frames - 1), device=device),
+            "actions": clips["actions"],
+        }
     if stage == "tokenizer":
         trained = sum(v.shape[0] * v.shape[1] for v in module.training_views(clips["video"]))
         per_frame = module.cfg.grid[0] * module.cfg.grid[1]
@@ -272,6 +282,7 @@ def stage_step(
         "precision": precision,
         "checkpointing": checkpointing,
         "compiled": compiled,
+        "pretokenized": tokens,
         **extra,
         "params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "max_steps": int(cfg.trainer.max_steps),
@@ -671,6 +682,11 @@ def main() -> None:
         for dims in (("tiny",) if a.quick else ("tiny", "coinrun"))
         for stage in ("tokenizer", "lam", "dynamics")
     ]
+    # the dynamics stage on pretokenized clips (tools/pretokenize.py), beside its rows above
+    pretokenized = [
+        stage_step("dynamics", dims, a.quick, tokens=True)
+        for dims in (("tiny",) if a.quick else ("tiny", "coinrun"))
+    ]
     # against the stage that consumes clips fastest (each reads whole 16-frame clips from the stream)
     data = data_rate(a.quick, max(r["clips_per_s"] for r in stages if r["dims"] == "tiny"))
     result = {
@@ -679,6 +695,7 @@ def main() -> None:
         "matmul_flops_per_s": peak,
         "matmul_flops_per_s_medians": samples,
         "stage_train_steps": stages,
+        "dynamics_train_steps_pretokenized": pretokenized,
         "tokenizer_train_step": tok,
         "dynamics_train_step": dyn,
         "dynamics_train_step_compiled_blocks": dyn_c,
@@ -705,6 +722,13 @@ def main() -> None:
             f"{r['clips']} clip{'s' if r['clips'] > 1 else ''} of {r['clip_frames']} frames; trains on {r['frames_trained']} frames) | "
             f"{r['clips_per_s']:.2f} clips/s, {r['frames_per_s']:.1f} frames/s, {r['tokens_per_s']:,.0f} tokens/s |"
             for r in stages
+        ),
+        *(
+            f"| the same dynamics step, {r['dims']} dims, on pretokenized clips (`data.train_tokens`) | "
+            f"{r['clips_per_s']:.2f} clips/s = {r['clips_per_s'] / pixels['clips_per_s']:.1f}× the step on pixels |"
+            for r in pretokenized
+            for pixels in stages
+            if pixels["stage"] == "dynamics" and pixels["dims"] == r["dims"]
         ),
         f"| tokenizer train step, tokenizer_tiny dims on 2-frame windows | {tok['frames_per_s']:.1f} frames/s, "
         f"{tok['tokens_per_s']:.0f} tokens/s |",

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from genie.data.pipeline import ClipStream, expand_shards
 from genie.data.synthetic import write_synthetic_shards
+from genie.data.tokens import TokenStream, read_manifest
 
 
 def per_device_batch(global_batch_size: int, devices: int, accumulate: int = 1) -> int:
@@ -34,6 +35,10 @@ class ClipDataModule(L.LightningDataModule):
     ``make_hint``: the command that makes the shards, named in the error when they are missing.
     ``global_batch_size``: when set, the per-device ``batch_size`` becomes global / (world size × gradient
     accumulation), checked to divide evenly (the paper's batch sizes are global).
+    ``train_tokens``: a folder written by ``tools/pretokenize.py``; the train stream then reads its token shards
+    (``genie.data.tokens.TokenStream``: the dynamics stage trains without re-encoding clips) and validation stays
+    on the pixel ``val_shards``. Its manifest is ``token_manifest``; the dynamics stage checks that its tokenizer
+    and LAM made those tokens.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class ClipDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         make_hint: str | None = None,
         global_batch_size: int | None = None,
+        train_tokens: str | None = None,
     ) -> None:
         super().__init__()
         for name, value, least in (
@@ -75,12 +81,17 @@ class ClipDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.make_hint = make_hint
         self.global_batch_size = global_batch_size
+        self.train_tokens = str(train_tokens) if train_tokens else None
+        self.token_manifest: dict[str, Any] | None = None
+        if self.train_tokens is not None:
+            self.token_manifest = read_manifest(self.train_tokens)
         self.resume_step = 0  # set when training resumes: the train stream then starts a fresh shuffle
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             write_synthetic_shards(**self.synthetic)
-        missing = [p for p in _patterns(self.train_shards) + _patterns(self.val_shards) if not _matches(p)]
+        train = [] if self.train_tokens else _patterns(self.train_shards)
+        missing = [p for p in train + _patterns(self.val_shards) if not _matches(p)]
         if missing:
             how = (
                 f"make them with `{self.make_hint}`"
@@ -101,6 +112,15 @@ class ClipDataModule(L.LightningDataModule):
         self.batch_size = per_device_batch(self.global_batch_size, world, accumulate)
 
     def stream(self, split: str, repeat: bool) -> ClipStream:
+        if split == "train" and self.train_tokens is not None:
+            assert self.token_manifest is not None
+            return TokenStream(
+                [str(Path(self.train_tokens) / name) for name in self.token_manifest["shards"]],
+                frames=self.frames,
+                shuffle_buffer=self.shuffle_buffer,
+                repeat=repeat,
+                seed=self.seed + 7919 * self.resume_step,
+            )
         urls = self.train_shards if split == "train" else self.val_shards
         if urls is None:
             raise ValueError(f"no {split} shards configured; set data.{split}_shards")

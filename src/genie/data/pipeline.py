@@ -163,7 +163,14 @@ class ClipStream(IterableDataset):
 
     def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         if "npz" not in sample:
-            raise KeyError(f"sample {sample.get('__key__')} has no frames (.npz) in {sample.get('__url__')}")
+            hint = (
+                " (a token shard: train the dynamics on it with data.train_tokens=FOLDER)"
+                if "tokens.npz" in sample
+                else ""
+            )
+            raise KeyError(
+                f"sample {sample.get('__key__')} has no frames (.npz) in {sample.get('__url__')}{hint}"
+            )
         frames = decode_frames(sample["npz"])
         record = json.loads(sample["json"]) if "json" in sample else {}
         if frames.ndim != 4 or frames.shape[-1] != 3:

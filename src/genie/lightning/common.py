@@ -24,7 +24,20 @@ class StageModule(L.LightningModule):
     clip for an optimizer that unscales gradients inside its own step, as torch's fused AdamW does, even under
     bf16 where nothing is scaled. Here such an optimizer's gradients are clipped directly, after unscaling
     them where a gradient scaler is in use (``16-mixed``; the fused step then skips its own unscaling); every
-    other case goes through Lightning as usual."""
+    other case goes through Lightning as usual.
+
+    Only a stage that sets ``trains_on_tokens`` takes pretokenized clips (``data.train_tokens``); the others
+    stop at the start of training with one line."""
+
+    trains_on_tokens = False
+
+    def on_fit_start(self) -> None:
+        manifest = getattr(getattr(self._trainer, "datamodule", None), "token_manifest", None)
+        if manifest is not None and not self.trains_on_tokens:
+            raise ValueError(
+                f"data.train_tokens is set, but this {type(self).__name__} trains on pixels; pretokenized clips "
+                "are for the dynamics stage (set data.train_tokens=null)"
+            )
 
     def configure_gradient_clipping(
         self,

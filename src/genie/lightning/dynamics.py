@@ -30,7 +30,7 @@ from genie.lightning.common import (
 from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI, DeltaPSNR, frame_psnr, random_actions
 from genie.models.dynamics import DynamicsConfig, DynamicsModel
-from genie.models.io import config_from_dict, load_model, resolve_checkpoint
+from genie.models.io import config_from_dict, fingerprint, load_model, resolve_checkpoint
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.sampling import SamplingConfig, seeded_generator
 
@@ -162,8 +162,36 @@ class DynamicsModule(StageModule):
         assert self.lam is not None
         return self.lam.infer_actions(video)
 
+    # -- pretokenized clips (data.train_tokens) ------------------------------------------------------
+    trains_on_tokens = True
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        manifest = getattr(getattr(self._trainer, "datamodule", None), "token_manifest", None)
+        if manifest is not None:
+            check_token_manifest(
+                manifest, self.tokenizer, self.lam if self.actions == "lam" else None, self.actions
+            )
+
+    def _token_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """The training step on pretokenized clips: the stored tokens and latent actions replace the frozen
+        tokenizer's and LAM's work (the same random window as on pixels)."""
+        start, stop = random_window(batch["tokens"].shape[1], self.train_frames)
+        tokens = frame_window(batch["tokens"], start, stop)
+        if self.actions == "true":
+            actions = self._true_actions(batch, start, stop)
+        else:
+            actions = frame_window(batch["latent_actions"], start, stop - 1)
+        loss, acc, _ = self.model.loss(tokens, actions)
+        n = tokens.shape[0]
+        self.log_dict({"train/loss": loss, "train/token_acc": acc}, batch_size=n)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=n)
+        return loss
+
     # -- steps ----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if "tokens" in batch:
+            return self._token_step(batch)
         start, stop = random_window(batch["video"].shape[1], self.train_frames)
         video = frame_window(batch["video"], start, stop)
         tokens = self.tokenizer.encode(video)
@@ -258,3 +286,32 @@ class DynamicsModule(StageModule):
         return build_optimizer(
             self, self.optim_cfg
         )  # trainable only: the tokenizer (and a frozen LAM) are not
+
+
+def check_token_manifest(
+    manifest: dict[str, Any], tokenizer: torch.nn.Module, lam: torch.nn.Module | None, actions: str
+) -> None:
+    """Refuse pretokenized clips that this dynamics stage's own tokenizer (and LAM, for ``actions=lam``) did not
+    make: one line naming the mismatch and the fix."""
+    redo = "pretokenize again with this stage's checkpoints (tools/pretokenize.py) or point data.train_tokens elsewhere"
+    if actions == "cotrain":
+        raise ValueError(
+            "model.actions=cotrain trains the LAM on pixels; it cannot train on data.train_tokens"
+        )
+    made = manifest.get("tokenizer") or {}
+    if made.get("fingerprint") != fingerprint(tokenizer):
+        raise ValueError(
+            f"the token shards were made by another tokenizer ({made.get('checkpoint')}) than "
+            f"model.tokenizer_ckpt's; {redo}"
+        )
+    if lam is not None:
+        made_lam = manifest.get("lam")
+        if made_lam is None:
+            raise ValueError(
+                f"the token shards carry no latent actions (pretokenized without --lam) but model.actions=lam; {redo}"
+            )
+        if made_lam.get("fingerprint") != fingerprint(lam):
+            raise ValueError(
+                f"the token shards' latent actions come from another LAM ({made_lam.get('checkpoint')}) than "
+                f"model.lam_ckpt's; {redo}"
+            )

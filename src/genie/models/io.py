@@ -137,6 +137,23 @@ def load_model(path: str | Path, stage: Stage, ckpt: dict[str, Any] | None = Non
     raise ValueError(f"{path} is a {own} checkpoint and holds no {stage} model; pass a {stage} checkpoint")
 
 
+def fingerprint(model: nn.Module) -> str:
+    """A digest of a model's config and weights (sha256, hex): the same model gives the same digest wherever it
+    was saved (its own checkpoint, inside a dynamics checkpoint, a pretrained folder). Pretokenized shards
+    record their tokenizer's and LAM's, so that a dynamics model is never trained on another model's tokens."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    cfg = getattr(model, "cfg", None)
+    digest.update(json.dumps(_plain(cfg), sort_keys=True, default=str).encode())
+    for name, value in sorted(model.state_dict().items()):
+        tensor = value.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 # -- pretrained directories: safetensors + YAML config, no pickles, no Lightning ----------------------------
 PRETRAINED_FORMAT = "genie-pretrained"
 WEIGHTS_FILE = "model.safetensors"
