@@ -97,7 +97,7 @@ pretrained: demo
 	  --prompt 'demo/data/synthetic-64/val-*.tar'
 
 bench: install
-	$(PY) tools/benchmark.py $(BENCH_ARGS)
+	$(PY) tools/benchmark $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PROCGEN_VENV) $(XLA_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist src/*.egg-info outputs multirun

@@ -312,7 +312,7 @@ def test_short_window_views() -> None:
 def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, str(root / "tools" / "benchmark.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(root / "tools" / "benchmark"), "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,0 +1,52 @@
+"""What every benchmark family shares: timing, the machine's matmul rate (the yardstick)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def timeit(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_flops(n: int = 1024, repeat: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / timeit(lambda: a @ b, warmup=1, repeat=repeat)
+
+
+def against_matmul(step: Callable[[], Any], flops: float, n: int, rounds: int) -> dict[str, float]:
+    """Time ``step`` alternately with matmul probes: each step's achieved FLOP/s over the mean matmul rate of
+    the probes either side of it (this VM's speed drifts by tens of percent within minutes); medians."""
+    step()
+    rates = [matmul_flops(n, repeat=5)]
+    secs = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        secs.append(time.perf_counter() - start)
+        rates.append(matmul_flops(n, repeat=5))
+    fractions = sorted(flops / s / ((r0 + r1) / 2) for s, r0, r1 in zip(secs, rates, rates[1:], strict=False))
+    return {
+        "seconds": sorted(secs)[len(secs) // 2],
+        "fraction_of_matmul": fractions[len(fractions) // 2],
+        "matmul_flops_per_s": sorted(rates)[len(rates) // 2],
+        "matmul_flops_per_s_min": min(rates),
+        "matmul_flops_per_s_max": max(rates),
+    }
