@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from genie.distributed import apply_policies, fsdp_strategy, mixed_precision_policy
+from genie.distributed import (
+    apply_policies,
+    checkpoint_activations,
+    fsdp_strategy,
+    is_checkpointed,
+    mixed_precision_policy,
+)
+from genie.memory import saved_bytes
 from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.models.io import load_model
 from genie.models.lam import LAMConfig, LatentActionModel
@@ -144,9 +151,21 @@ def test_policies_reach_every_trainable_st_block() -> None:
     )
     tok.requires_grad_(False)  # frozen, as in the dynamics stage
     both = torch.nn.ModuleDict({"tokenizer": tok, "dynamics": dyn})
+    state = {k: v.clone() for k, v in both.state_dict().items()}
     assert apply_policies(both, activation_checkpointing=True) == 3
-    assert dyn.transformer.cfg.checkpoint_activations
-    assert not tok.encoder.cfg.checkpoint_activations
+    assert all(is_checkpointed(b) for b in dyn.transformer.blocks)
+    assert not any(is_checkpointed(b) for b in tok.modules())
+    assert both.state_dict().keys() == state.keys()  # names unchanged: checkpoints load either way
+    # checkpointing is active: backward keeps less
+    x0 = torch.randint(0, 8, (2, 3, 4, 4))
+    a0 = torch.zeros(2, 2, dtype=torch.long)
+    dyn.train()
+
+    def kept(on: bool) -> int:
+        checkpoint_activations(dyn, on)
+        return saved_bytes(lambda: dyn(x0, a0, torch.rand(2, 3, 16) < 0.5).float().pow(2).mean().backward())
+
+    assert kept(True) < kept(False)
     # checkpointed blocks give the same gradients as plain ones
     x = torch.randint(0, 8, (2, 3, 4, 4))
     a = torch.zeros(2, 2, dtype=torch.long)
@@ -154,13 +173,13 @@ def test_policies_reach_every_trainable_st_block() -> None:
     dyn.train()
 
     def grads(checkpointing: bool) -> list[torch.Tensor]:
-        dyn.transformer.cfg.checkpoint_activations = checkpointing
+        checkpoint_activations(dyn, checkpointing)
         dyn.zero_grad()
         dyn(x, a, mask).float().pow(2).mean().backward()
         return [p.grad.clone() for p in dyn.parameters() if p.grad is not None]
 
     for g1, g2 in zip(grads(True), grads(False), strict=True):
-        assert torch.allclose(g1, g2, atol=1e-6)
+        assert torch.equal(g1, g2)  # recomputation is exact
 
 
 def test_fsdp_strategy_options() -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genie.distributed import checkpoint_activations
 from genie.nn import (
     Attention,
     KVCache,
@@ -144,6 +145,10 @@ def test_qk_norm_kinds_and_old_checkpoints_booleans_migrate() -> None:
     assert config_from_dict("dynamics", old).st.qk_norm == "rms"
     old["transformer"]["qk_norm"] = False  # type: ignore[index]
     assert config_from_dict("dynamics", old).st.qk_norm == "none"
+    old["transformer"]["checkpoint_activations"] = True  # type: ignore[index]  # now a training policy: dropped
+    assert config_from_dict("dynamics", old).st.dim == 16
+    with pytest.raises(TypeError):
+        STConfig(checkpoint_activations=True)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="qk_norm must be"):
         STConfig(qk_norm="l2")  # type: ignore[arg-type]
     # LayerNorm and RMSNorm differ exactly by the per-head mean of the queries and keys
@@ -323,13 +328,14 @@ def test_bf16_autocast_forward_backward_finite(mode: str) -> None:
 def test_activation_checkpointing_same_gradients() -> None:
     torch.manual_seed(0)
     plain = tiny("st").train()
-    ckpt = tiny("st", checkpoint_activations=True).train()
+    ckpt = tiny("st").train()
     ckpt.load_state_dict(plain.state_dict())
+    assert checkpoint_activations(ckpt) == len(ckpt.blocks)  # applied from outside (genie.distributed)
     x = torch.randn(2, 3, 12, 32)
     for m in (plain, ckpt):
         m(x, (3, 4)).square().mean().backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, msg=name)
+        assert torch.equal(a.grad, b.grad), name  # recomputation is exact
 
 
 @pytest.mark.parametrize(

@@ -157,19 +157,21 @@ def _inputs(stage: str, model: nn.Module, frames: int, dtype: torch.dtype) -> An
 
 
 def _activations(stage: str, model: nn.Module, frames: int, dtype: torch.dtype, checkpointing: bool) -> int:
+    from genie.distributed.policies import checkpoint_activations
+
     model = model.to(dtype)
     model.eval()  # no data-dependent training branches (codebook restarts) on meta tensors ...
     stacks = [m for m in model.modules() if isinstance(m, STTransformer)]
     for stack in stacks:  # ... but the ST stacks train, so that checkpointing is active
         stack.train()
-        stack.cfg.checkpoint_activations = checkpointing
+        checkpoint_activations(stack, checkpointing)
     saved = saved_bytes(_inputs(stage, model, frames, dtype))
     if not checkpointing:
         return saved
     # checkpointed blocks keep their input; backward rebuilds one block at a time (the largest)
     per_block = 0
     for stack in stacks:
-        stack.cfg.checkpoint_activations = False
+        checkpoint_activations(stack, False)
     total_plain = saved_bytes(_inputs(stage, model, frames, dtype))
     depth = sum(stack.cfg.depth for stack in stacks) or 1
     outside = saved  # tensors saved outside the checkpointed blocks (embeddings, heads, losses)

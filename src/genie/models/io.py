@@ -82,11 +82,14 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str:
 
 
 def _migrate(values: Any) -> Any:
-    """Configs saved before ``qk_norm`` took names wrote it as a boolean: true meant ``"rms"``, false ``"none"``."""
+    """Configs saved before ``qk_norm`` took names wrote it as a boolean: true meant ``"rms"``, false ``"none"``;
+    and before activation checkpointing became a policy (``genie.distributed``) an ST config carried
+    ``checkpoint_activations`` (a training setting, dropped)."""
     if isinstance(values, dict):
         return {
             k: ({True: "rms", False: "none"}[v] if k == "qk_norm" and isinstance(v, bool) else _migrate(v))
             for k, v in values.items()
+            if k != "checkpoint_activations"
         }
     return values
 

@@ -16,7 +16,6 @@ from typing import Any, Literal
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from genie.nn.attention import Attention, KVCache, KVCacheLayer, QKNorm, Rope, check_qk_norm
 from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies, rope_inv_freq
@@ -45,7 +44,6 @@ class STConfig:
     max_grid: Sequence[int] = field(default_factory=lambda: (64, 64))  # learned positions only
     rope_base: float = 10000.0
     dropout: float = 0.0
-    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         self.max_grid = tuple(int(g) for g in self.max_grid)
@@ -209,24 +207,13 @@ class STTransformer(nn.Module):
         spatial_rope, temporal_rope, full_mask = self._position_tables(t, grid, x_BTSD.device, prefix, cache)
         for i, block in enumerate(self.blocks):
             layer = cache.layer(i) if cache is not None else None
-            if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
-                x_BTSD = checkpoint(
-                    block,
-                    x_BTSD,
-                    spatial_rope=spatial_rope,
-                    temporal_rope=temporal_rope,
-                    full_mask=full_mask,
-                    cache=layer,
-                    use_reentrant=False,
-                )
-            else:
-                x_BTSD = block(
-                    x_BTSD,
-                    spatial_rope=spatial_rope,
-                    temporal_rope=temporal_rope,
-                    full_mask=full_mask,
-                    cache=layer,
-                )
+            x_BTSD = block(
+                x_BTSD,
+                spatial_rope=spatial_rope,
+                temporal_rope=temporal_rope,
+                full_mask=full_mask,
+                cache=layer,
+            )
         if cache is not None and write_cache:  # (spatial mode has nothing to cache: only positions count)
             cache.advance(t)
         return self.norm(x_BTSD)

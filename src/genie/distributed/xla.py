@@ -1,24 +1,4 @@
-"""Scaling policies applied to a model from outside (the model files stay parallelism-free).
-
-- :func:`fsdp_strategy` — Lightning's ``FSDPStrategy`` that shards parameters per ST block (every
-  :class:`genie.nn.STBlock` is one FSDP unit), ``FULL_SHARD`` / ``HYBRID_SHARD`` / ``SHARD_GRAD_OP``,
-  bf16 parameters and compute with fp32 gradient reductions and buffers (``mixed_precision="bf16"``).
-- :func:`ddp_strategy` — plain data parallel (``find_unused_parameters`` off: every parameter is used).
-- :func:`xla_fsdp_strategy` + :func:`xla_accelerator` — the same per-block sharding on TPU pods (or any PJRT
-  device; ``PJRT_DEVICE=CPU`` in ``make test-xla``) through torch-xla's ``XlaFullyShardedDataParallel`` on
-  Lightning's XLA strategy: fp32 master weights and optimizer state, sharded; bf16 compute
-  (``compute_dtype="bf16"``); checkpoints hold ordinary full-shape weights and optimizer state, so they load
-  in one process or on GPUs, and their layout does not depend on the device count.
-- :func:`xla_ddp_strategy` — data parallel on the same XLA devices (every chip a full replica, gradients
-  all-reduced, bf16 autocast compute): for the tokenizer and LAM, whose VQ codebooks are written in place
-  during training (data init, dead-code restarts, EMA), which XLA FSDP's gathered weights would lose.
-- :class:`ScalePolicies` — a callback that, before the strategy wraps the model, turns on activation
-  checkpointing in every ST stack (each block's activations are recomputed in backward: the one
-  checkpointing mechanism, ``STConfig.checkpoint_activations``) and optionally compiles each block with
-  ``torch.compile``.
-
-Select them with ``trainer=ddp|fsdp|xla|xla_ddp`` (``conf/trainer/``); ``callbacks.scale`` holds the policies.
-"""
+"""TPU pods and other PJRT devices through torch-xla: FSDP per ST block, data parallel, bf16 autocast."""
 
 from __future__ import annotations
 
@@ -26,96 +6,16 @@ import contextlib
 import functools
 import os
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import XLAAccelerator
 from lightning.pytorch.plugins.precision import XLAPrecision
-from lightning.pytorch.strategies import FSDPStrategy, XLAStrategy
+from lightning.pytorch.strategies import XLAStrategy
 from torch import Tensor, nn
 
-from genie.nn import STBlock, STTransformer
-from genie.nn import compile_blocks as compile_st_blocks
-
-SHARDING = ("FULL_SHARD", "HYBRID_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
-
-
-def block_classes() -> set[type[nn.Module]]:
-    """The module types that become FSDP units (one per ST block)."""
-    return {STBlock}
-
-
-def mixed_precision_policy(kind: str | None) -> Any:
-    """``"bf16"``: bf16 params/compute, fp32 gradient reduction and buffers; ``"fp32"`` / None: no policy."""
-    if kind in (None, "fp32", "32"):
-        return None
-    if kind != "bf16":
-        raise ValueError(f"mixed_precision must be 'bf16' or 'fp32', got {kind!r}")
-    from torch.distributed.fsdp import MixedPrecision
-
-    return MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
-
-
-def fsdp_strategy(
-    sharding: str = "FULL_SHARD",
-    mixed_precision: str | None = "bf16",
-    cpu_offload: bool = False,
-    state_dict_type: str = "full",
-    process_group_backend: str | None = None,
-    timeout_minutes: float = 30.0,
-) -> Any:
-    """Lightning ``FSDPStrategy`` wrapping each ST block. ``state_dict_type="full"`` saves ordinary
-    checkpoints (gathered on rank 0) that load in a single process; ``"sharded"`` saves one file per rank
-    (faster at 10B scale). HYBRID_SHARD shards within a node and replicates across nodes."""
-    if sharding not in SHARDING:
-        raise ValueError(f"sharding must be one of {SHARDING}, got {sharding!r}")
-    if state_dict_type not in ("full", "sharded"):
-        raise ValueError(f"state_dict_type must be 'full' or 'sharded', got {state_dict_type!r}")
-    return GenieFSDPStrategy(
-        auto_wrap_policy=block_classes(),
-        sharding_strategy=sharding,  # type: ignore[arg-type]
-        mixed_precision=mixed_precision_policy(mixed_precision),
-        cpu_offload=cpu_offload,
-        state_dict_type=state_dict_type,  # type: ignore[arg-type]
-        process_group_backend=process_group_backend,
-        timeout=timedelta(minutes=timeout_minutes),
-        use_orig_params=True,  # per-parameter optimizer groups and torch.compile work as unsharded
-        limit_all_gathers=True,
-    )
-
-
-class GenieFSDPStrategy(FSDPStrategy):
-    """Lightning's FSDPStrategy, also allowed on CPU processes (gloo): the 2-process CPU tests shard the same
-    way a GPU cluster does. (Lightning refuses a plain ``FSDPStrategy`` without a GPU accelerator, and torch's
-    FSDP needs ``device_id=cpu`` to be told that CPU is meant.) Gradient clipping by norm (``trainer.
-    gradient_clip_val``) uses FSDP's sharded ``clip_grad_norm_``, which Lightning's FSDP precision refuses."""
-
-    def setup(self, trainer: L.Trainer) -> None:
-        super().setup(trainer)
-        plugin, strategy = self.precision_plugin, self
-
-        def clip_grad_by_norm(optimizer: Any, clip_val: float) -> None:
-            model: Any = strategy.model
-            model.clip_grad_norm_(clip_val)  # norm over all shards, computed collectively
-
-        plugin.clip_grad_by_norm = clip_grad_by_norm  # type: ignore[method-assign]
-
-    def _setup_model(self, model: nn.Module) -> nn.Module:
-        if self.root_device.type != "cpu":
-            return super()._setup_model(model)
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel(
-            module=model,
-            cpu_offload=self.cpu_offload,
-            mixed_precision=self.mixed_precision_config,
-            sharding_strategy=self.sharding_strategy,
-            device_id=torch.device("cpu"),
-            **self.kwargs,
-        )
-
+from genie.distributed.fsdp import block_classes
 
 XLA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -453,46 +353,3 @@ def _unwrap_xla_fsdp(root: nn.Module, strategy: GenieXLAFSDPStrategy) -> nn.Modu
             continue
         parent_name, _, child = name.rpartition(".")
         setattr(root.get_submodule(parent_name) if parent_name else root, child, unit.module.module)
-
-
-def ddp_strategy(process_group_backend: str | None = None, static_graph: bool = False) -> Any:
-    from lightning.pytorch.strategies import DDPStrategy
-
-    return DDPStrategy(
-        process_group_backend=process_group_backend, find_unused_parameters=False, static_graph=static_graph
-    )
-
-
-def st_stacks(module: nn.Module) -> list[STTransformer]:
-    return [m for m in module.modules() if isinstance(m, STTransformer)]
-
-
-def apply_policies(
-    module: nn.Module, activation_checkpointing: bool = False, compile_blocks: bool = False
-) -> int:
-    """Turn on activation checkpointing in every ST stack of ``module`` and/or compile each ST block in place.
-    Returns the number of ST blocks affected. Frozen parts (a dynamics stage's tokenizer) are left alone."""
-    n = 0
-    for stack in st_stacks(module):
-        if not any(p.requires_grad for p in stack.parameters()):
-            continue
-        if activation_checkpointing:
-            stack.cfg.checkpoint_activations = True
-        if compile_blocks:
-            n += compile_st_blocks(stack)
-        else:
-            n += sum(isinstance(block, STBlock) for block in stack.modules())
-    return n
-
-
-class ScalePolicies(L.Callback):
-    """Applies :func:`apply_policies` to the LightningModule before the strategy (DDP/FSDP) wraps it."""
-
-    def __init__(self, activation_checkpointing: bool = False, compile_blocks: bool = False) -> None:
-        self.activation_checkpointing = activation_checkpointing
-        self.compile_blocks = compile_blocks
-        self.blocks = 0
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.activation_checkpointing or self.compile_blocks:
-            self.blocks = apply_policies(pl_module, self.activation_checkpointing, self.compile_blocks)
