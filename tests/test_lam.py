@@ -98,7 +98,7 @@ def test_bad_inputs_are_named() -> None:
 def test_overfits_one_batch_and_uses_several_codes() -> None:
     """A moving square: the direction of motion is the only thing the decoder cannot see."""
     torch.manual_seed(0)
-    model = LatentActionModel(tiny_cfg(dead_code_steps=5))
+    model = LatentActionModel(tiny_cfg(vq={"dead_code_steps": 5}))
     b, t = 8, 4
     video = torch.zeros(b, t, 3, 32, 48)
     dirs = torch.tensor([-1, 1, -1, 1, 0, 0, -1, 1])

@@ -547,3 +547,40 @@ def test_prefix_tokens(mode: str, pos: str) -> None:
     torch.testing.assert_close(torch.cat((head, tail), 1), y, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="0 prefix tokens has 12"):
         model(x, (3, 4))
+
+
+def test_one_vq_config_for_tokenizer_and_lam_and_old_flat_keys_migrate() -> None:
+    from genie.models import LatentActionModel, VideoTokenizer
+    from genie.models.io import config_from_dict
+    from genie.nn import VQConfig
+
+    st = {"dim": 16, "depth": 1, "num_heads": 2}
+    flat = {"image_size": [8, 8], "patch": 4, "num_codes": 16, "code_dim": 4, "encoder": st, "decoder": st,
+            "vq_beta": 0.5, "vq_ema": True, "vq_ema_decay": 0.9, "vq_l2": False, "dead_code_steps": 7,
+            "vq_restart": "error"}  # fmt: skip
+    old = config_from_dict("tokenizer", flat)  # a checkpoint saved before ``vq``
+    new = config_from_dict("tokenizer", {**{k: v for k, v in flat.items() if not k.startswith(("vq", "dead"))},
+                                          "vq": {"beta": 0.5, "use_ema": True, "ema_decay": 0.9, "dead_code_steps": 7,
+                                                 "restart": "error"}})  # fmt: skip
+    assert old == new and new.vq == VQConfig(
+        beta=0.5, use_ema=True, ema_decay=0.9, dead_code_steps=7, restart="error"
+    )
+    models, outs = [], []
+    x = torch.rand(2, 3, 3, 8, 8)
+    for cfg in (old, new):  # the same model, bit for bit, through a training call (codes from data)
+        torch.manual_seed(0)
+        models.append(VideoTokenizer(cfg).train())
+        outs.append(models[-1](x).recon)
+    assert torch.equal(outs[0], outs[1])
+    assert all(
+        torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values())
+    )
+    q = models[1].quantizer
+    assert (q.beta, q.use_ema, q.ema_decay, q.dead_code_steps, q.restart) == (0.5, True, 0.9, 7, "error")
+    # the LAM takes the same config (cosine look-up by default)
+    lam = config_from_dict("lam", {"image_size": [8, 8], "patch": 4, "num_actions": 4, "latent_dim": 4,
+                                   "encoder": st, "decoder": st, "dead_code_steps": 3})  # fmt: skip
+    assert lam.vq == VQConfig(l2_normalize=True, dead_code_steps=3)
+    assert LatentActionModel(lam).quantizer.l2_normalize
+    with pytest.raises(ValueError, match="unknown vq option"):
+        config_from_dict("lam", {"vq": {"l2": True}})

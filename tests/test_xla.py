@@ -87,7 +87,7 @@ def train_vq_stage(tmp_path: Path, experiment: str, name: str, *extra: str) -> t
         sys.executable, "-m", "genie.train", f"+experiment={experiment}", "trainer=xla_ddp",
         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={run}", "callbacks.rich_progress_bar=null",
         "trainer.max_steps=6", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "evaluate=false",
-        "model.model.dead_code_steps=2", "data.batch_size=3", *DATA, *extra,
+        "model.model.vq.dead_code_steps=2", "data.batch_size=3", *DATA, *extra,
     ]  # fmt: skip
     env = {**os.environ, **PJRT_CPU, "PT_XLA_DEBUG_LEVEL": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

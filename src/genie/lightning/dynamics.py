@@ -78,7 +78,10 @@ class DynamicsModule(StageModule):
                 self.lam = loaded
             self.lam.eval().requires_grad_(False)
         elif actions == "cotrain":
-            self.lam = LatentActionModel(as_dataclass(LAMConfig, lam_model if lam_model is not None else lam))
+            saved = (
+                config_from_dict("lam", dict(lam_model)) if lam_model is not None else None
+            )  # a checkpoint's
+            self.lam = LatentActionModel(saved or as_dataclass(LAMConfig, lam))
         self.cfg = self._dynamics_config(model)
         self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
         self.sampling: SamplingConfig = as_dataclass(SamplingConfig, sampling)

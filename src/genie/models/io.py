@@ -81,13 +81,37 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str:
     return str(hp.get("stage", "tokenizer"))  # tokenizer checkpoints from before stages were recorded
 
 
+# Quantiser keys a tokenizer/LAM config held flat before ``vq`` (genie.nn.VQConfig) took them
+_FLAT_VQ = {
+    "vq_beta": "beta",
+    "vq_ema": "use_ema",
+    "vq_ema_decay": "ema_decay",
+    "vq_l2": "l2_normalize",
+    "dead_code_steps": "dead_code_steps",
+    "vq_restart": "restart",
+}
+
+
 def _migrate(values: Any) -> Any:
     """Configs saved before ``qk_norm`` took names wrote it as a boolean: true meant ``"rms"``, false ``"none"``;
-    and before activation checkpointing became a policy (``genie.distributed``) an ST config carried
-    ``checkpoint_activations`` (a training setting, dropped)."""
+    before activation checkpointing became a policy (``genie.distributed``) an ST config carried
+    ``checkpoint_activations`` (a training setting, dropped); before ``vq`` the quantiser's keys were flat."""
+    if isinstance(values, dict) and any(k in values for k in _FLAT_VQ):
+        values = dict(values)
+        vq = dict(values.get("vq") or {})
+        for old, new in _FLAT_VQ.items():
+            if old in values:
+                vq[new] = values.pop(old)
+        values["vq"] = vq
     if isinstance(values, dict):
         return {
-            k: ({True: "rms", False: "none"}[v] if k == "qk_norm" and isinstance(v, bool) else _migrate(v))
+            k: (
+                {True: "rms", False: "none"}[v]
+                if k == "qk_norm" and isinstance(v, bool)
+                else v
+                if k == "vq"  # already nested: its keys are the quantiser's own
+                else _migrate(v)
+            )
             for k, v in values.items()
             if k != "checkpoint_activations"
         }

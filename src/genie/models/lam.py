@@ -28,9 +28,11 @@ from genie.nn import (
     QuantizerOutput,
     STConfig,
     STTransformer,
-    VectorQuantizer,
+    VQConfig,
     as_st_config,
+    as_vq_config,
     patchify,
+    quantizer_from_config,
     unpatchify,
 )
 
@@ -59,11 +61,7 @@ class LAMConfig(PatchGeometry):
     decoder: STConfig | dict[str, Any] = field(
         default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
     )
-    vq_beta: float = 0.25
-    vq_ema: bool = False
-    vq_ema_decay: float = 0.99
-    vq_l2: bool = True
-    dead_code_steps: int = 50
+    vq: VQConfig = field(default_factory=lambda: VQConfig(l2_normalize=True))  # a mapping is taken too
     decoder_mask_rate: float = 0.0
     # Pixels: predict x_t+1 as sigmoid(logit(x_t) + decoder output), i.e. a change relative to the last frame.
     # Copying becomes free, so the decoder's capacity (and the action) go into what changed. Off = the paper.
@@ -102,6 +100,7 @@ class LAMConfig(PatchGeometry):
         self.token_grid = (int(self.token_grid[0]), int(self.token_grid[1]))
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
+        self.vq = as_vq_config(self.vq, l2_normalize=True)
         if self.input not in ("pixels", "tokens"):
             raise ValueError(f"LAM input must be 'pixels' or 'tokens', got {self.input!r}")
         for name, st in (("encoder", self.enc), ("decoder", self.dec)):
@@ -193,15 +192,7 @@ class LatentActionModel(nn.Module):
             self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self._host_steps: int | None = None  # host copy of train_steps (see warming_up)
         self.register_load_state_dict_post_hook(LatentActionModel._forget_host_steps)
-        self.quantizer = VectorQuantizer(
-            cfg.num_actions,
-            cfg.latent_dim,
-            beta=cfg.vq_beta,
-            use_ema=cfg.vq_ema,
-            ema_decay=cfg.vq_ema_decay,
-            l2_normalize=cfg.vq_l2,
-            dead_code_steps=cfg.dead_code_steps,
-        )
+        self.quantizer = quantizer_from_config(cfg.num_actions, cfg.latent_dim, cfg.vq)
         self.from_latent = nn.Linear(cfg.latent_dim, dd)
         # A learned stand-in for hidden context patches (only with decoder_mask_rate > 0, so that DDP never
         # sees an unused parameter).
@@ -371,7 +362,7 @@ class LatentActionModel(nn.Module):
         vq = self.quantizer(z)
         rate = self.cfg.decoder_mask_rate if self.training else 0.0
         if self.warming_up:
-            latent = F.normalize(z, dim=-1) if self.cfg.vq_l2 else z
+            latent = F.normalize(z, dim=-1) if self.cfg.vq.l2_normalize else z
             vq_loss = vq.codebook_loss  # codes follow the latents; nothing pulls the latents to the codes yet
         else:
             latent, vq_loss = vq.z_q, vq.loss

@@ -20,9 +20,11 @@ from genie.nn import (
     QuantizerOutput,
     STConfig,
     STTransformer,
-    VectorQuantizer,
+    VQConfig,
     as_st_config,
+    as_vq_config,
     patchify,
+    quantizer_from_config,
     unpatchify,
 )
 
@@ -47,17 +49,13 @@ class TokenizerConfig(PatchGeometry):
     decoder: STConfig | dict[str, Any] = field(
         default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
     )
-    vq_beta: float = 0.25
-    vq_ema: bool = False
-    vq_ema_decay: float = 0.99
-    vq_l2: bool = False
-    dead_code_steps: int = 50
-    vq_restart: str = "uniform"  # dead codes restart on random encoder outputs; "error": weighted by VQ error
+    vq: VQConfig = field(default_factory=VQConfig)  # a mapping (YAML) is taken too
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
+        self.vq = as_vq_config(self.vq)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -81,16 +79,7 @@ class VideoTokenizer(nn.Module):
         self.embed = nn.Linear(patch_dim, cfg.enc.dim)
         self.encoder = STTransformer(cfg.enc)
         self.to_code = nn.Linear(cfg.enc.dim, cfg.code_dim)
-        self.quantizer = VectorQuantizer(
-            cfg.num_codes,
-            cfg.code_dim,
-            beta=cfg.vq_beta,
-            use_ema=cfg.vq_ema,
-            ema_decay=cfg.vq_ema_decay,
-            l2_normalize=cfg.vq_l2,
-            dead_code_steps=cfg.dead_code_steps,
-            restart=cfg.vq_restart,
-        )
+        self.quantizer = quantizer_from_config(cfg.num_codes, cfg.code_dim, cfg.vq)
         self.from_code = nn.Linear(cfg.code_dim, cfg.dec.dim)
         self.decoder = STTransformer(cfg.dec)
         self.to_pixels = nn.Linear(cfg.dec.dim, patch_dim)

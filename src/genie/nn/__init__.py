@@ -13,7 +13,7 @@ from genie.nn.embed import (
     unpatchify,
 )
 from genie.nn.graph import CapturedStep
-from genie.nn.quantize import QuantizerOutput, VectorQuantizer
+from genie.nn.quantize import QuantizerOutput, VectorQuantizer, VQConfig, as_vq_config, quantizer_from_config
 from genie.nn.st_block import (
     MLP,
     STBlock,
@@ -36,14 +36,17 @@ __all__ = [
     "STBlock",
     "STConfig",
     "STTransformer",
+    "VQConfig",
     "VectorQuantizer",
     "apply_rope",
     "as_st_config",
+    "as_vq_config",
     "block_causal_mask",
     "compile_blocks",
     "compiled_when",
     "grid_positions",
     "patchify",
+    "quantizer_from_config",
     "rope_frequencies",
     "unpatchify",
 ]

@@ -8,7 +8,7 @@ restarted on encoder outputs from the current batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -29,6 +29,43 @@ class QuantizerOutput:
     perplexity: Tensor  # exp(entropy of this batch's code histogram)
     usage: Tensor  # fraction of codes used in this batch
     counts: Tensor  # (num_codes,) how often each code was picked in this batch
+
+
+@dataclass
+class VQConfig:
+    """The quantiser's settings, one config for the tokenizer and the LAM (``model.model.vq`` in both); the
+    codebook's size and code width belong to the model (``num_codes``/``code_dim``, ``num_actions``/``latent_dim``).
+    The fields are :class:`VectorQuantizer`'s keyword arguments."""
+
+    beta: float = 0.25  # commitment weight
+    use_ema: bool = False  # codebook as an EMA of the assigned inputs (no codebook loss)
+    ema_decay: float = 0.99
+    l2_normalize: bool = False  # cosine look-up: inputs and codes on the unit sphere
+    dead_code_steps: int = 50  # restart a code unused for this many training steps (0: never)
+    restart: str = (
+        "uniform"  # dead codes restart on random inputs ("uniform") or weighted by VQ error ("error")
+    )
+
+    def __post_init__(self) -> None:
+        if self.restart not in ("uniform", "error"):
+            raise ValueError(f"vq.restart must be 'uniform' or 'error', got {self.restart!r}")
+        if self.dead_code_steps < 0 or not 0.0 < self.ema_decay < 1.0 or self.beta < 0:
+            raise ValueError(
+                f"vq needs dead_code_steps >= 0, 0 < ema_decay < 1 and beta >= 0, got {self.dead_code_steps}, "
+                f"{self.ema_decay} and {self.beta}"
+            )
+
+
+def as_vq_config(value: VQConfig | dict[str, Any] | None, **defaults: Any) -> VQConfig:
+    """A :class:`VQConfig` from itself or a mapping (YAML), ``defaults`` under the mapping's values."""
+    if isinstance(value, VQConfig):
+        return value
+    values = {**defaults, **dict(value or {})}
+    known = set(VQConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown vq option(s) {unknown}; valid options are {sorted(known)}")
+    return VQConfig(**values)
 
 
 class VectorQuantizer(nn.Module):
@@ -232,3 +269,8 @@ class VectorQuantizer(nn.Module):
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def quantizer_from_config(num_codes: int, code_dim: int, cfg: VQConfig) -> VectorQuantizer:
+    """The :class:`VectorQuantizer` a model with ``num_codes`` codes of ``code_dim`` builds from its ``vq`` config."""
+    return VectorQuantizer(num_codes, code_dim, **asdict(cfg))
