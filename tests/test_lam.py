@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from genie.models.lam import LAMConfig, LatentActionModel, windows
+from genie.models.lam import LAMConfig, LatentActionModel
+from genie.nn.static_shapes import windows
 
 
 def tiny_cfg(**kw: object) -> LAMConfig:

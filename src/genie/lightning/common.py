@@ -10,7 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-from torch import Tensor, nn
+from torch import nn
 
 from genie.models.io import config_from_dict, load_model, resolve_checkpoint
 from genie.models.tokenizer import VideoTokenizer
@@ -150,14 +150,6 @@ def random_window(t: int, window: int | None) -> tuple[int, int]:
         return 0, t
     start = int(torch.randint(0, t - window + 1, ()))
     return start, start + window
-
-
-def frame_window(x: Tensor, start: int, stop: int) -> Tensor:
-    """``x[:, start:stop]``; on XLA a gather whose indices are data, so that one compiled graph serves every
-    window position (a slice would bake the position into the graph: one compilation per position)."""
-    if x.device.type != "xla":
-        return x[:, start:stop]
-    return x.index_select(1, torch.arange(start, stop).to(x.device))
 
 
 def frozen_tokenizer(ckpt: str | None, config: dict[str, Any] | None, option: str) -> VideoTokenizer:

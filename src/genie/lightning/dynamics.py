@@ -21,7 +21,6 @@ from genie.lightning.common import (
     StageModule,
     as_dataclass,
     build_optimizer,
-    frame_window,
     frozen_tokenizer,
     media_root,
     plain_data,
@@ -33,6 +32,7 @@ from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.models.io import config_from_dict, fingerprint, load_model, resolve_checkpoint
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.sampling import SamplingConfig, seeded_generator
+from genie.nn.static_shapes import frame_window
 
 ActionSource = Literal["lam", "true", "cotrain"]
 

@@ -16,7 +16,6 @@ from genie.lightning.common import (
     StageModule,
     as_dataclass,
     build_optimizer,
-    frame_window,
     frozen_tokenizer,
     media_root,
     plain_data,
@@ -26,6 +25,7 @@ from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI, CodeUsage
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
+from genie.nn.static_shapes import frame_window
 
 
 class LAMModule(StageModule):

@@ -15,13 +15,13 @@ from genie.lightning.common import (
     StageModule,
     as_dataclass,
     build_optimizer,
-    frame_window,
     media_root,
     plain_data,
     random_window,
 )
 from genie.media import save_gif, video_grid
 from genie.models.tokenizer import TokenizerConfig, VideoTokenizer
+from genie.nn.static_shapes import frame_window
 
 
 class TokenizerModule(StageModule):

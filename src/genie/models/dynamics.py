@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from genie.models.sampling import Rollout, SamplingConfig, uniform
 from genie.nn import KVCache, STConfig, STTransformer, as_st_config
+from genie.nn.static_shapes import static_shapes
 
 ActionMode = Literal["add", "prepend"]
 
@@ -137,7 +138,7 @@ class DynamicsModel(nn.Module):
             raise ValueError(
                 f"expected {need} actions per clip of {t} frames, got shape {tuple(actions_BT1.shape)}"
             )
-        on_xla = actions_BT1.device.type == "xla"  # (reading values would cut the step's graph in two)
+        on_xla = static_shapes(actions_BT1)  # (reading values would cut the step's graph in two)
         if (
             actions_BT1.numel()
             and not on_xla
@@ -297,7 +298,7 @@ class DynamicsModel(nn.Module):
         b, t = tokens_BTHW.shape[:2]
         mask = self.random_mask(b, t, generator)
         targets = tokens_BTHW.reshape(b, t, -1)
-        if tokens_BTHW.device.type == "xla":
+        if static_shapes(tokens_BTHW):
             logits = self(tokens_BTHW, actions_BT1, mask)
             hits = ((logits.argmax(-1) == targets) & mask).sum()
             acc = hits.float() / mask.sum().clamp_min(1).float()

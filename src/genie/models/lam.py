@@ -35,6 +35,7 @@ from genie.nn import (
     quantizer_from_config,
     unpatchify,
 )
+from genie.nn.static_shapes import windows
 
 LAMInput = Literal["pixels", "tokens"]
 
@@ -379,14 +380,3 @@ class LatentActionModel(nn.Module):
             recon = F.mse_loss(pred.float(), target.float())
         loss = self.cfg.recon_weight * recon + vq_loss
         return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon)
-
-
-def windows(x: Tensor, dim: int, size: int, step: int, slices: bool | None = None) -> Tensor:
-    """``x.unfold(dim, size, step)``: the windows along ``dim`` (their count in place of ``dim``, each window's
-    elements on a new last axis) - a strided view; ``slices`` (the default on XLA, whose ``unfold`` reads the
-    tensor back to the host, cutting the step's graph) stacks the windows as slices instead."""
-    if not (x.device.type == "xla" if slices is None else slices):
-        return x.unfold(dim, size, step)
-    d = dim % x.dim()
-    count = (x.shape[d] - size) // step + 1
-    return torch.stack([x.narrow(d, i * step, size) for i in range(count)], d).movedim(d + 1, -1)
