@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,18 @@ def test_conf_tree_mirrors_code() -> None:
     assert (
         Path(conf_dir(), "trainer", "cpu.yaml").exists() and Path(conf_dir(), "trainer", "gpu.yaml").exists()
     )
+
+
+def test_imitation_is_a_hydra_command_with_its_sizes_as_a_group(tmp_path: Path) -> None:
+    from genie.config import compose_config
+
+    tiny = compose_config([], "imitation")
+    paper = compose_config(["imitation=paper", "imitation.episodes=8"], "imitation")
+    assert tiny.imitation.expert_clips == 200 and paper.imitation.expert_clips == 20000
+    assert paper.imitation.episodes == 8 and paper.imitation.labels == tiny.imitation.labels
+    proc = subprocess.run(
+        [sys.executable, "-m", "genie.imitation", f"lam_ckpt={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "lam_ckpt=" in proc.stderr.strip().splitlines()[-1]

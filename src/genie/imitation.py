@@ -1,7 +1,7 @@
 """The latent-action imitation experiment (Genie App. F): learn to act from unlabelled expert videos.
 
-    .venv-procgen/bin/python -m genie.imitation --lam 'outputs/coinrun_lam/*/checkpoints/last.ckpt'      # CPU
-    .venv-procgen/bin/python -m genie.imitation --lam ... --scale paper --device cuda                    # big
+    .venv-procgen/bin/python -m genie.imitation lam_ckpt='outputs/coinrun_lam/*/checkpoints/last.ckpt'   # CPU
+    .venv-procgen/bin/python -m genie.imitation lam_ckpt=... imitation=paper device=cuda                 # big
 
 1. An expert plays CoinRun (:func:`genie.data.procgen.coinrun_expert`, a scripted policy: run right, jump
    often) and we keep only its *videos*.
@@ -11,16 +11,15 @@
 5. It plays real CoinRun levels it never saw: mean return over M episodes, for N = 10, 50, 200, 1000,
    against an oracle BC policy trained on the true actions and a uniformly random policy.
 
-Writes ``imitation.json``, ``imitation.md`` and ``imitation.png`` (return vs N). Needs the procgen extra
-(``.venv-procgen``) and matplotlib for the plot.
+Writes ``imitation.json``, ``imitation.md`` and ``imitation.png`` (return vs N) to the run directory
+(``conf/imitation.yaml``; ``imitation.*`` overrides any size). Needs the procgen extra (``.venv-procgen``) and
+matplotlib for the plot.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,14 +48,6 @@ class ImitationConfig:
     max_steps: int = 500  # per evaluation episode
     eval_start_level: int = 100_000  # evaluation levels: unseen by the expert data
     seed: int = 0
-
-    @classmethod
-    def preset(cls, scale: str) -> ImitationConfig:
-        if scale == "tiny":
-            return cls()
-        if scale == "paper":
-            return cls(expert_clips=20_000, bc_steps=20_000, batch_size=256, episodes=256, max_steps=1000)
-        raise ValueError(f"scale must be 'tiny' or 'paper', got {scale!r}")
 
 
 class Policy(nn.Module):
@@ -136,7 +127,7 @@ def run(
     from genie.models.io import load_model, resolve_checkpoint
 
     start = time.time()
-    lam: Any = load_model(resolve_checkpoint(lam_path, "LAM", "--lam"), "lam").to(device).eval()
+    lam: Any = load_model(resolve_checkpoint(lam_path, "LAM", "lam_ckpt"), "lam").to(device).eval()
     num_latent = int(lam.cfg.num_actions)
     frames, real = expert_data(cfg)
     latent = infer_latents(lam, frames, device)
@@ -206,30 +197,21 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lam", required=True, help="a LAM (or dynamics) checkpoint trained on the game's videos")
-    p.add_argument("--scale", default="tiny", choices=("tiny", "paper"))
-    p.add_argument("--out", default="imitation", help="output folder")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--expert-clips", type=int, default=None)
-    p.add_argument("--episodes", type=int, default=None)
-    p.add_argument("--bc-steps", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    a = p.parse_args(argv)
-    cfg = ImitationConfig.preset(a.scale)
-    for name in ("expert_clips", "episodes", "bc_steps", "max_steps"):
-        if getattr(a, name) is not None:
-            setattr(cfg, name, getattr(a, name))
-    try:
-        results = run(a.lam, a.out, cfg, a.device)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print((Path(a.out) / "imitation.md").read_text())
-    print(f"-> {a.out}/imitation.json, imitation.md, imitation.png ({results['seconds']} s)")
-    return 0
+def command(cfg: Any) -> None:
+    """The body of ``python -m genie.imitation`` (conf/imitation.yaml)."""
+    from genie.config import options
+
+    out = Path(cfg.paths.output_dir)
+    results = run(str(cfg.lam_ckpt), out, options(cfg.imitation, ImitationConfig), str(cfg.device))
+    print((out / "imitation.md").read_text())
+    print(f"-> {out}/imitation.json, imitation.md, imitation.png ({results['seconds']} s)")
+
+
+def main() -> None:
+    from genie.config import hydra_entry
+
+    hydra_entry("imitation", command)()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
