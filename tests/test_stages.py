@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from genie.lightning import DynamicsModule, LAMModule, TokenizerModule
-from genie.metrics import ActionNMI, CodeUsage, nmi_from_counts
+from genie.metrics import ActionNMI, ActionProbe, CodeUsage, nmi_from_counts
 from genie.models import Genie
 from genie.models.io import load_model, read_checkpoint
 
@@ -92,7 +92,7 @@ def test_lam_module_logs_usage_and_nmi(stage_ckpts: dict[str, Path], tmp_path: P
     assert {"val/psnr", "val/recon_copy_last", "val/action_usage", "val/nmi", "val/action_codes_used"} <= set(
         results
     )
-    assert 0 <= results["val/nmi"] <= 1
+    assert 0 <= results["val/nmi"] <= 1 and 0 <= results["val/probe_accuracy"] <= 1
     lam = load_model(stage_ckpts["lam"], "lam")
     assert lam.cfg.num_actions == 4  # type: ignore[union-attr]
 
@@ -101,7 +101,7 @@ def test_lam_module_no_nmi_without_true_actions(tmp_path: Path) -> None:
     module = LAMModule(model=LAM, optim={"lr": 1e-3, "warmup_steps": 1})
     trainer = fit(module, tmp_path, data=batches(true_actions=False))
     results = trainer.validate(module, dataloaders=loader(batches(2, true_actions=False)), verbose=False)[0]
-    assert "val/nmi" not in results and "val/psnr" in results
+    assert "val/nmi" not in results and "val/probe_accuracy" not in results and "val/psnr" in results
 
 
 @pytest.mark.parametrize("actions", ["lam", "true", "cotrain"])
@@ -214,3 +214,23 @@ def test_nmi_known_answers() -> None:
     usage = CodeUsage(8)
     usage.update(torch.tensor([0, 0, 3]))
     assert usage.compute().item() == pytest.approx(2 / 8)
+
+
+def test_action_probe_metric_equals_the_probe_over_all_batches() -> None:
+    """One probe for the LAM stage's validation and genie.evaluate: batch by batch, unknown ids dropped."""
+    from genie.metrics import probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randint(0, 4, (6, 15), generator=g)
+    true = (latent * 2 + torch.randint(0, 2, (6, 15), generator=g)) % 6  # related, not a relabelling
+    true[0, :5] = -1  # unknown
+    probe = ActionProbe(4, num_labels=30, seed=3)
+    for i in range(0, 6, 2):
+        probe.update(latent[i : i + 2], true[i : i + 2])
+    acc, mapping = probe_accuracy(latent, true, 4, 30, seed=3)
+    assert float(probe.compute()) == pytest.approx(acc) and torch.equal(probe.mapping, mapping)
+    assert probe.labelled() == 85 and probe.labels_used == 30
+    assert 0.3 < acc < 1.0
+    empty = ActionProbe(4)
+    empty.update(latent[:1], torch.full((1, 15), -1))
+    assert empty.labelled() == 0 and torch.isnan(empty.compute())

@@ -28,11 +28,11 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from genie.ceiling import nmi, shuffled_nmi
 from genie.metrics import (
     ActionNMI,
+    ActionProbe,
     CodeUsage,
     DeltaPSNR,
     FrechetVideoDistance,
     frame_psnr,
-    probe_accuracy,
     random_actions,
 )
 from genie.models.dynamics import DynamicsModel
@@ -113,8 +113,7 @@ class Evaluator:
         self.num_actions = int(num_actions)
         self.usage = CodeUsage(max(self.num_actions, 1))
         self.nmi = ActionNMI(max(self.num_actions, 1))
-        self.latent: list[Tensor] = []
-        self.true: list[Tensor] = []
+        self.probe = ActionProbe(max(self.num_actions, 1), self.cfg.probe_labels, self.cfg.seed)
         self.fvd: FrechetVideoDistance | None = None
         if self.cfg.fvd and dynamics is not None:
             self.fvd = FrechetVideoDistance(fvd_extractor if fvd_extractor is not None else self.cfg.i3d)
@@ -151,8 +150,7 @@ class Evaluator:
             if has_true:
                 assert true is not None
                 self.nmi.update(actions, true)
-                self.latent.append(actions.cpu())
-                self.true.append(true.cpu())
+                self.probe.update(actions.cpu(), true.cpu())
         if self.dynamics is None:
             return
         assert tokens is not None and self.tokenizer is not None
@@ -220,25 +218,22 @@ class Evaluator:
             counts = self.usage.counts.float()
             out["lam/codes_used"] = int((counts > 0).sum())
             out["lam/code_share"] = [round(float(c), 4) for c in counts / counts.sum().clamp_min(1)]
-            if self.latent:
-                latent, true = torch.cat(self.latent), torch.cat(self.true)
+            latent, true = self.probe.pairs()  # the labelled transitions
+            if true.numel():
                 out["lam/nmi"] = float(self.nmi.compute())
-                labelled = int((true >= 0).sum())
-                out["lam/transitions"] = labelled
-                known = true >= 0
-                out["lam/nmi_shuffled"] = shuffled_nmi(latent[known], true[known], self.cfg.seed)
+                out["lam/transitions"] = int(true.numel())
+                out["lam/nmi_shuffled"] = shuffled_nmi(latent, true, self.cfg.seed)
                 if self.cfg.effects:
                     from genie.data.procgen import effect_ids
 
-                    out["lam/nmi_effects"] = nmi(latent[known], torch.as_tensor(effect_ids(true[known])))
+                    out["lam/nmi_effects"] = nmi(latent, torch.as_tensor(effect_ids(true)))
                 if self.cfg.ceiling:
                     out.update(ceiling_fraction(out, self.cfg.ceiling))
-                n = min(self.cfg.probe_labels, labelled // 2)
-                if n >= 1:
-                    acc, mapping = probe_accuracy(latent, true, self.num_actions, n, self.cfg.seed)
-                    out["lam/probe_accuracy"] = acc
-                    out["lam/probe_labels"] = n
-                    out["lam/probe_map"] = mapping.tolist()
+                if true.numel() >= 2:
+                    out["lam/probe_accuracy"] = float(self.probe.compute())
+                    out["lam/probe_labels"] = self.probe.labels_used
+                    assert self.probe.mapping is not None
+                    out["lam/probe_map"] = self.probe.mapping.tolist()
         if self.dynamics is not None and self.dyn_psnr.update_count > 0:
             t = self.cfg.eval_t
             out["dynamics/actions"] = self.actions_source

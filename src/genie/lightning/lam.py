@@ -22,7 +22,7 @@ from genie.lightning.common import (
     random_window,
 )
 from genie.media import save_gif, video_grid
-from genie.metrics import ActionNMI, CodeUsage
+from genie.metrics import ActionNMI, ActionProbe, CodeUsage
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.tokenizer import VideoTokenizer
 from genie.nn.static_shapes import frame_window
@@ -81,6 +81,7 @@ class LAMModule(StageModule):
         )  # MSE of repeating the last frame: the bar the prediction must beat
         self.val_nmi = ActionNMI(a)
         self.val_usage = CodeUsage(a)
+        self.val_probe = ActionProbe(a)  # the latent→real probe, as genie.evaluate computes it
         self.val_recon = MeanMetric()  # the training objective (MSE, or cross-entropy for token input)
         self.val_recon_mse = MeanMetric()
         self._val_round = 0
@@ -137,6 +138,7 @@ class LAMModule(StageModule):
         true = batch.get("actions")
         if true is not None and (true >= 0).any():
             self.val_nmi.update(out.actions, true)
+            self.val_probe.update(out.actions, true)
         n = video.shape[0]
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=n)
         self.log("val/recon_copy_last", self.val_recon_copy, batch_size=n)
@@ -152,7 +154,10 @@ class LAMModule(StageModule):
         if self.val_nmi.counts.sum() > 0 or self.trainer.world_size > 1:
             self.log("val/nmi", self.val_nmi.compute())
         self.log("val/action_codes_used", self.val_usage.compute() * self.cfg.num_actions)
+        if self.val_probe.labelled() >= 2 or self.trainer.world_size > 1:
+            self.log("val/probe_accuracy", self.val_probe.compute())
         self.val_nmi.reset()
+        self.val_probe.reset()
         self._val_round += 1
 
     def _write_media(self, video: Tensor, pred: Tensor) -> None:

@@ -3,11 +3,19 @@
 ``genie.metrics.i3d`` (the FVD feature network) loads lazily: it needs the ``metrics`` extra's weights.
 """
 
-from genie.metrics.actions import ActionNMI, CodeUsage, fit_action_map, nmi_from_counts, probe_accuracy
+from genie.metrics.actions import (
+    ActionNMI,
+    ActionProbe,
+    CodeUsage,
+    fit_action_map,
+    nmi_from_counts,
+    probe_accuracy,
+)
 from genie.metrics.video import DeltaPSNR, FrechetVideoDistance, frame_psnr, frechet_distance, random_actions
 
 __all__ = [
     "ActionNMI",
+    "ActionProbe",
     "CodeUsage",
     "DeltaPSNR",
     "FrechetVideoDistance",

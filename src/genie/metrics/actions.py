@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 def nmi_from_counts(counts_LA: Tensor) -> Tensor:
@@ -105,3 +106,51 @@ def probe_accuracy(
     fit, held = order[:num_labels], order[num_labels:]
     mapping = fit_action_map(latent[fit], true[fit], num_latent)
     return float((mapping[latent[held]] == true[held]).float().mean()), mapping
+
+
+class ActionProbe(Metric):
+    """The latent→real action probe as a metric (App. F): keeps every labelled ``(latent, true)`` transition
+    seen (unknown true ids, < 0, are dropped); ``compute`` fits :func:`fit_action_map` on ``num_labels`` random
+    ones (at most half of them, so that some are held out) and returns the accuracy on the rest (NaN with
+    fewer than 2 labelled transitions). After
+    ``compute``, ``mapping`` is the fitted map and ``labels_used`` the labels it took. Gathers across ranks."""
+
+    full_state_update = False
+    latent: list[Tensor]
+    true: list[Tensor]
+
+    def __init__(self, num_latent: int, num_labels: int = 200, seed: int = 0) -> None:
+        super().__init__()
+        self.num_latent, self.num_labels, self.seed = num_latent, num_labels, seed
+        self.add_state("latent", default=[], dist_reduce_fx="cat")
+        self.add_state("true", default=[], dist_reduce_fx="cat")
+        self.mapping: Tensor | None = None
+        self.labels_used = 0
+
+    def update(self, latent: Tensor, true: Tensor) -> None:
+        latent, true = latent.reshape(-1).long(), true.reshape(-1).long()
+        keep = true >= 0
+        self.latent.append(latent[keep])
+        self.true.append(true[keep])
+
+    def pairs(self) -> tuple[Tensor, Tensor]:
+        """Every labelled transition kept so far: ``(latent, true)``."""
+        if not self.latent:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty
+        return dim_zero_cat(self.latent), dim_zero_cat(self.true)
+
+    def labelled(self) -> int:
+        return (
+            int(sum(t.numel() for t in self.true)) if isinstance(self.true, list) else int(self.true.numel())
+        )
+
+    def compute(self) -> Tensor:
+        latent, true = self.pairs()
+        n = min(self.num_labels, true.numel() // 2)
+        if n < 1:  # nothing to fit and hold out (clips without true actions): no figure
+            self.mapping, self.labels_used = None, 0
+            return torch.tensor(float("nan"))
+        acc, self.mapping = probe_accuracy(latent, true, self.num_latent, n, self.seed)
+        self.labels_used = n
+        return torch.tensor(acc)
