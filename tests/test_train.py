@@ -346,3 +346,27 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     assert isinstance(result["cpu_bf16_units"], bool)
     assert result["data"]["stream_clips_per_s"] > 0
     assert "| matmul fp32 (" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_paper_play_limit_counts_the_paper_model_and_measures_at_tiny_dims() -> None:
+    """The compute limit of play at the paper's scale (counted on the meta device), and the play measurement
+    itself on the CPU at tiny dims in bf16 (the GPU runs dynamics_11b / dynamics_2_7b through the same code)."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        from benchmark.paper_play import PAPER_GRID, paper_play, play_flops_per_frame
+    finally:
+        sys.path.remove(str(root / "tools"))
+    from genie.config import compose_config
+    from genie.params import build
+
+    _, model, _ = build(compose_config(["+experiment=dynamics_11b"]))  # on the meta device
+    params = sum(p.numel() for p in model.parameters())
+    flops = play_flops_per_frame(params, PAPER_GRID[0] * PAPER_GRID[1], 25)
+    assert 10.0e9 < params < 10.2e9 and flops == 2 * params * 920 * 25  # ~4.6e14 FLOP per frame
+    r = paper_play(
+        "dynamics_tiny", device="cpu", dtype=torch.bfloat16, matmul_flops_per_s=1e11, steps=2, context_frames=3,
+        timed=1, overrides=("model.model.copy_radius=0",),
+    )  # fmt: skip
+    assert r["tokens_per_frame"] == 920 and r["frames_per_s"] > 0 and r["dtype"] == "bfloat16"
+    assert r["fraction_of_limit"] == pytest.approx(r["frames_per_s"] / (1e11 / r["flops_per_frame"]))

@@ -25,6 +25,9 @@ On a CUDA machine, ``--device cuda`` measures the GPU figures instead (writes gp
 - the GPU's measured bf16 matmul FLOP/s (8192^3);
 - bf16 MFU of a >= 400M-parameter dynamics train step (bf16 autocast, fp32 master weights, fused AdamW),
   eager and with each ST block compiled, against the measured matmul rate and the datasheet peak;
+- ``dynamics_2_7b`` / ``dynamics_11b`` playing at the paper's 23x40 grid in bf16 (16-frame memory, 25 MaskGIT
+  steps): frames/s against the compute limit, 2 x params x tokens x passes per frame at the measured bf16
+  matmul rate (``--paper-play-only``: these rows alone);
 - play at CoinRun dims (d 512 x 12, 16x16 tokens, 25 MaskGIT steps, 16 frames of context) on the GPU,
   cached and recomputed, fp32 and bf16 autocast (goal >= 10 FPS; the paper's model ran at ~1 FPS).
 
@@ -35,6 +38,7 @@ One module per family: ``common`` (timing, the matmul yardstick), ``train``, ``p
 from .attention import st_vs_full, st_vs_full_paper_grid
 from .common import against_matmul, matmul_flops, sync, timeit
 from .data import data_rate
+from .paper_play import paper_play, play_flops_per_frame
 from .play import cpu_bf16, play_speed
 from .train import STAGE_EXPERIMENTS, dynamics_step, stage_step, tokenizer_step
 
@@ -45,6 +49,8 @@ __all__ = [
     "data_rate",
     "dynamics_step",
     "matmul_flops",
+    "paper_play",
+    "play_flops_per_frame",
     "play_speed",
     "st_vs_full",
     "st_vs_full_paper_grid",

@@ -27,6 +27,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU figures only")
     p.add_argument("--no-train", action="store_true", help="with --device cuda: the play figures only")
     p.add_argument("--no-play", action="store_true", help="with --device cuda: the training figures only")
+    p.add_argument(
+        "--paper-play-only", action="store_true",
+        help="with --device cuda: only dynamics_2_7b / dynamics_11b play against the compute limit",
+    )  # fmt: skip
     a = p.parse_args()
     torch.manual_seed(0)
     if a.device == "cuda":
@@ -36,7 +40,10 @@ def main() -> None:
             )
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        gpu_main(out, train=not a.no_train, play=not a.no_play)
+        if a.paper_play_only:
+            gpu_main(out, train=False, play=False, paper=True)
+        else:
+            gpu_main(out, train=not a.no_train, play=not a.no_play)
         return
     n = 512 if a.quick else 1024
     # This VM's speed drifts by tens of percent within minutes: each train step is timed between matmul
