@@ -109,10 +109,10 @@ def test_copy_head_mixes_in_shifted_previous_tokens() -> None:
     prev = torch.randint(0, 4, (2, 3, 12))
     gate = torch.sigmoid(copy[..., 9:])
     dense = (logits.softmax(-1) * gate).scatter_add(
-        -1, prev[:, :, small.copy_index], copy[..., :9].softmax(-1) * (1 - gate)
+        -1, prev[:, :, small.copy_head.index], copy[..., :9].softmax(-1) * (1 - gate)
     )
     weights = torch.randn(2, 3, 12, 4)
-    got, want = small._mix_copies(logits, copy, prev[:, :, small.copy_index]), dense.log()
+    got, want = small.copy_head.mix(logits, copy, prev[:, :, small.copy_head.index]), dense.log()
     torch.testing.assert_close(got, want)
     for g1, g2 in zip(
         torch.autograd.grad((got * weights).sum(), (logits, copy)),
@@ -121,7 +121,7 @@ def test_copy_head_mixes_in_shifted_previous_tokens() -> None:
     ):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
     with torch.no_grad():  # (inference skips what only the gradients need)
-        torch.testing.assert_close(small._mix_copies(logits, copy, prev[:, :, small.copy_index]), want)
+        torch.testing.assert_close(small.copy_head.mix(logits, copy, prev[:, :, small.copy_head.index]), want)
     # continuing from a cache needs the previous frame
     cache = KVCache()
     model(tokens[:, :2], actions[:, :1], cache=cache, write_cache=True)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genie.models.aids import CopyHead
 from genie.models.sampling import Rollout, SamplingConfig, uniform
 from genie.nn import KVCache, STConfig, STTransformer, as_st_config
 from genie.nn.static_shapes import static_shapes
@@ -103,20 +104,7 @@ class DynamicsModel(nn.Module):
         self.head = nn.Linear(d, cfg.num_codes, bias=False)
         for emb in (self.token_embed, self.action_embed):
             nn.init.normal_(emb.weight, std=0.02)
-        self.copy_head: nn.Linear | None = None
-        if cfg.copy_radius > 0:
-            r, (h, w) = cfg.copy_radius, cfg.hw
-            k = cfg.copy_offsets
-            self.copy_head = nn.Linear(d, k + 1)  # offset logits, then the gate logit (generate vs copy)
-            nn.init.zeros_(self.copy_head.weight)
-            with torch.no_grad():  # start: half generate, half copy, the copy mostly from the same position
-                self.copy_head.bias.zero_()
-                self.copy_head.bias[k // 2] = 2.0
-            # flat index of each token's neighbour at each offset (clamped at the grid's edges)
-            dy, dx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
-            rows = (torch.arange(h)[:, None, None] + dy.reshape(1, 1, -1)).clamp(0, h - 1)
-            cols = (torch.arange(w)[None, :, None] + dx.reshape(1, 1, -1)).clamp(0, w - 1)
-            self.register_buffer("copy_index", (rows * w + cols).reshape(h * w, k), persistent=False)
+        self.copy_head = CopyHead(d, cfg.hw, cfg.copy_radius) if cfg.copy_radius > 0 else None
 
     @property
     def prefix(self) -> int:
@@ -206,30 +194,19 @@ class DynamicsModel(nn.Module):
         the still-masked ones only), with ``select_BTS`` the tokens where it is True (``logits_NV`` in
         row-major order: training scores the masked ones only)."""
         x_BTSD = self._hidden(ids_BTS, frame_actions_BT, cache, write_cache)
-        copy = self.copy_head is not None and prev_ids_BTS is not None
-        src: Tensor | None = None  # the ids each token's copy offsets point at
         if positions_BM is not None:
-            b, m = positions_BM.shape
+            b = positions_BM.shape[0]
             rows_B1 = torch.arange(b, device=positions_BM.device)[:, None]
             x = x_BTSD[:, -1][rows_B1, positions_BM]  # BMD (indexing copies whole rows: 3x a gather's speed)
-            if copy:
-                assert prev_ids_BTS is not None
-                index_BMK = self.copy_index[positions_BM]  # type: ignore[index]
-                src = prev_ids_BTS[:, -1].gather(1, index_BMK.reshape(b, -1)).reshape(b, m, -1)
         elif select_BTS is not None:
             x = x_BTSD[select_BTS]  # ND
-            if copy:
-                assert prev_ids_BTS is not None
-                src = prev_ids_BTS[:, :, self.copy_index][select_BTS]  # type: ignore[index]
         else:
             x = x_BTSD
-            if copy:
-                assert prev_ids_BTS is not None
-                src = prev_ids_BTS[:, :, self.copy_index]  # type: ignore[index]
         logits = self.head(x)
-        if src is None or self.copy_head is None:
+        if self.copy_head is None or prev_ids_BTS is None:
             return logits
-        return self._mix_copies(logits, self.copy_head(x), src)
+        src = self.copy_head.sources(prev_ids_BTS, positions_BM, select_BTS)
+        return self.copy_head.mix(logits, self.copy_head(x), src)
 
     def _hidden(
         self, ids_BTS: Tensor, frame_actions_BT: Tensor, cache: KVCache | None, write_cache: bool
@@ -251,28 +228,6 @@ class DynamicsModel(nn.Module):
         them) to ``cache`` as context: their keys/values, without the output head (generation commits each
         finished frame this way; its logits would go unused)."""
         self._hidden(ids_BTS, frame_actions_BT, cache, write_cache=True)
-
-    def _mix_copies(self, logits_NV: Tensor, copy_NK1: Tensor, src_NK: Tensor) -> Tensor:
-        """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(src_k) ), in fp32, over any leading axes ``N``:
-        ``copy_NK1`` holds the K offset logits then the gate logit, ``src_NK`` the ids the offsets point at.
-
-        Dense work is one log-softmax: the copy mass touches only the K source ids of each token, so it is
-        added there (summed over offsets that point at the same id) and written back."""
-        k = self.cfg.copy_offsets
-        copy_NK1 = copy_NK1.float()
-        gate_logit_N1 = copy_NK1[..., k:]
-        weights_NK = copy_NK1[..., :k].softmax(-1) * torch.sigmoid(-gate_logit_N1)  # (1 - g)·w_k
-        logp_NV = logits_NV.float().log_softmax(-1) + F.logsigmoid(gate_logit_N1)  # log g·p_gen
-        same_NKK = src_NK[..., :, None] == src_NK[..., None, :]
-        mass_NK = (same_NKK * weights_NK[..., None, :]).sum(-1)  # copy mass landing on id src_k
-        at_src_NK = _logaddexp(logp_NV.gather(-1, src_NK), mass_NK.clamp_min(1e-30).log())
-        if at_src_NK.requires_grad:
-            # offsets naming an id already named by an earlier one write the same value, detached: the
-            # gradient of each output reaches it once (scatter's backward hands it to every writer)
-            earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_NK.device).tril(-1)
-            repeat_NK = (same_NKK & earlier_KK).any(-1)
-            at_src_NK = torch.where(repeat_NK, at_src_NK.detach(), at_src_NK)
-        return logp_NV.scatter(-1, src_NK, at_src_NK)
 
     def random_mask(self, b: int, t: int, generator: torch.Generator | None = None) -> Tensor:
         """MaskGIT training mask ``mask_BTS``: per example a rate ~ U(lo, hi) over frames 2..T; frame 1 never.
@@ -338,12 +293,3 @@ def masked_cross_entropy(logits_BTSV: Tensor, targets_BTS: Tensor, mask_BTS: Ten
     ce = F.cross_entropy(logits_BTSV.flatten(0, 2).float(), targets_BTS.flatten(), reduction="none")
     weight = mask_BTS.flatten().to(ce.dtype)
     return (ce * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
-    """log(exp(a) + exp(b)), stable: torch's fused op on CPU and CUDA, elsewhere spelled out (torch.logaddexp
-    has no XLA lowering: it would run on the host)."""
-    if a.device.type in ("cpu", "cuda"):
-        return torch.logaddexp(a, b)
-    m = torch.maximum(a, b)
-    return m + ((a - m).exp() + (b - m).exp()).log()

@@ -1,0 +1,84 @@
+"""Aids outside the paper: small modules that help small models trained briefly on CPU learn control.
+
+Each is off in the paper's configs and switched on by its model's config; the paper's path reads without them.
+
+- :class:`CopyHead` (dynamics, ``copy_radius > 0``): each token's distribution becomes a mixture of the generated
+  one and copies of the previous frame's tokens at offsets within the radius, with the gate and the offset
+  weights predicted from the token's hidden state (which carries the action). A scrolling world then needs only
+  "which way did it move", not a table of shifted codes. The token-space analogue of the LAM's shift head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class CopyHead(nn.Linear):
+    """The copy head: a linear map of each token's hidden state to ``K`` offset logits then one gate logit
+    (generate vs copy), ``K = (2·radius + 1)²`` offsets over the previous frame's grid (clamped at its edges).
+    Its outputs make log-probabilities (:meth:`mix`), so the loss and the sampler are those of plain logits."""
+
+    index: Tensor
+
+    def __init__(self, dim: int, grid: tuple[int, int], radius: int) -> None:
+        k = (2 * radius + 1) ** 2
+        super().__init__(dim, k + 1)
+        self.offsets = k
+        nn.init.zeros_(self.weight)
+        with torch.no_grad():  # start: half generate, half copy, the copy mostly from the same position
+            self.bias.zero_()
+            self.bias[k // 2] = 2.0
+        h, w = grid
+        # flat index of each token's neighbour at each offset (clamped at the grid's edges)
+        dy, dx = torch.meshgrid(
+            torch.arange(-radius, radius + 1), torch.arange(-radius, radius + 1), indexing="ij"
+        )
+        rows = (torch.arange(h)[:, None, None] + dy.reshape(1, 1, -1)).clamp(0, h - 1)
+        cols = (torch.arange(w)[None, :, None] + dx.reshape(1, 1, -1)).clamp(0, w - 1)
+        self.register_buffer("index", (rows * w + cols).reshape(h * w, k), persistent=False)
+
+    def sources(
+        self, prev_ids_BTS: Tensor, positions_BM: Tensor | None = None, select_BTS: Tensor | None = None
+    ) -> Tensor:
+        """The ids each token's offsets point at in its previous frame: for the last frame's tokens at
+        ``positions_BM`` (``src_BMK``), for the tokens where ``select_BTS`` is True (``src_NK``), or all."""
+        if positions_BM is not None:
+            b, m = positions_BM.shape
+            index_BMK = self.index[positions_BM]
+            return prev_ids_BTS[:, -1].gather(1, index_BMK.reshape(b, -1)).reshape(b, m, -1)
+        if select_BTS is not None:
+            return prev_ids_BTS[:, :, self.index][select_BTS]
+        return prev_ids_BTS[:, :, self.index]
+
+    def mix(self, logits_NV: Tensor, copy_NK1: Tensor, src_NK: Tensor) -> Tensor:
+        """log( g·softmax(logits) + (1 - g)·Σ_k w_k·onehot(src_k) ), in fp32, over any leading axes ``N``:
+        ``copy_NK1`` holds the K offset logits then the gate logit, ``src_NK`` the ids the offsets point at.
+
+        Dense work is one log-softmax: the copy mass touches only the K source ids of each token, so it is
+        added there (summed over offsets that point at the same id) and written back."""
+        k = self.offsets
+        copy_NK1 = copy_NK1.float()
+        gate_logit_N1 = copy_NK1[..., k:]
+        weights_NK = copy_NK1[..., :k].softmax(-1) * torch.sigmoid(-gate_logit_N1)  # (1 - g)·w_k
+        logp_NV = logits_NV.float().log_softmax(-1) + F.logsigmoid(gate_logit_N1)  # log g·p_gen
+        same_NKK = src_NK[..., :, None] == src_NK[..., None, :]
+        mass_NK = (same_NKK * weights_NK[..., None, :]).sum(-1)  # copy mass landing on id src_k
+        at_src_NK = _logaddexp(logp_NV.gather(-1, src_NK), mass_NK.clamp_min(1e-30).log())
+        if at_src_NK.requires_grad:
+            # offsets naming an id already named by an earlier one write the same value, detached: the
+            # gradient of each output reaches it once (scatter's backward hands it to every writer)
+            earlier_KK = torch.ones(k, k, dtype=torch.bool, device=src_NK.device).tril(-1)
+            repeat_NK = (same_NKK & earlier_KK).any(-1)
+            at_src_NK = torch.where(repeat_NK, at_src_NK.detach(), at_src_NK)
+        return logp_NV.scatter(-1, src_NK, at_src_NK)
+
+
+def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
+    """log(exp(a) + exp(b)), stable: torch's fused op on CPU and CUDA, elsewhere spelled out (torch.logaddexp
+    has no XLA lowering: it would run on the host)."""
+    if a.device.type in ("cpu", "cuda"):
+        return torch.logaddexp(a, b)
+    m = torch.maximum(a, b)
+    return m + ((a - m).exp() + (b - m).exp()).log()
