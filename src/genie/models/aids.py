@@ -6,6 +6,12 @@ Each is off in the paper's configs and switched on by its model's config; the pa
   one and copies of the previous frame's tokens at offsets within the radius, with the gate and the offset
   weights predicted from the token's hidden state (which carries the action). A scrolling world then needs only
   "which way did it move", not a table of shifted codes. The token-space analogue of the LAM's shift head.
+- :class:`WarpHead` (LAM decoder, ``warp_radius > 0`` with ``predict_residual``): per patch, a separable shift
+  kernel of ``2r + 1`` taps horizontally and vertically (softmax weights, initialised to the identity) warps the
+  last frame, and the residual head corrects the warped frame. Scrolling and moving sprites become a choice among
+  a few shifts, which the action must select: an early, strong training signal for the latent.
+- :class:`MotionInput` (LAM encoder, ``motion_input``): each patch's difference to the same patch one frame
+  earlier is embedded beside the patch, so motion is visible to the first layer.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from genie.nn.static_shapes import windows
 
 
 class CopyHead(nn.Linear):
@@ -82,3 +90,44 @@ def _logaddexp(a: Tensor, b: Tensor) -> Tensor:
         return torch.logaddexp(a, b)
     m = torch.maximum(a, b)
     return m + ((a - m).exp() + (b - m).exp()).log()
+
+
+class WarpHead(nn.Linear):
+    """The LAM decoder's shift head: hidden state → ``2 × (2r + 1)`` tap logits per patch (horizontal, then
+    vertical), taps ``stride`` pixels apart; :meth:`warp` shifts the context frames by them."""
+
+    def __init__(
+        self, dim: int, radius: int, stride: int, patch: int, grid: tuple[int, int], hw: tuple[int, int]
+    ) -> None:
+        super().__init__(dim, 2 * (2 * radius + 1))
+        self.radius, self.stride, self.patch, self.grid, self.hw = radius, stride, patch, grid, hw
+        nn.init.zeros_(self.weight)
+        with torch.no_grad():  # start as the identity: the centre tap (no shift) carries ~all the weight
+            self.bias.zero_()
+            self.bias[[radius, 3 * radius + 1]] = 4.0
+
+    def warp(self, context: Tensor, h_BTSD: Tensor) -> Tensor:
+        """Shift ``context_BTCHW`` per patch by the separable kernels this head reads off ``h_BTSD``."""
+        r, p, s = self.radius, self.patch, self.stride
+        k = 2 * r + 1
+        (gh, gw), (h, w) = self.grid, self.hw
+        b, t = context.shape[:2]
+        taps = self(h_BTSD).float().reshape(b * t, gh, gw, 2, k).softmax(-1)
+        taps = taps.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :h, :w]  # (BT, H, W, 2, k)
+        x = context.flatten(0, 1).float()
+        # each pass: the k shifted copies as one strided view (no copies, one product, one sum over k)
+        shifted = windows(F.pad(x, (r * s, r * s, 0, 0), mode="replicate"), -1, w, s)  # (BT, C, H, k, W)
+        x = (shifted * taps[..., 0, :].permute(0, 1, 3, 2)[:, None]).sum(-2)
+        shifted = windows(F.pad(x, (0, 0, r * s, r * s), mode="replicate"), -2, h, s)  # (BT, C, k, W, H)
+        x = (shifted * taps[..., 1, :].permute(0, 3, 2, 1)[:, None]).sum(2).transpose(-1, -2)
+        return x.reshape(b, t, *x.shape[1:])
+
+
+class MotionInput(nn.Linear):
+    """The LAM encoder's motion input: an embedding of each patch's change since the previous frame (the first
+    frame's change is zero)."""
+
+    def embed(self, patches_BTSP: Tensor) -> Tensor:
+        prev = torch.cat((patches_BTSP[:, :1], patches_BTSP[:, :-1]), dim=1)
+        out: Tensor = self(patches_BTSP - prev)
+        return out

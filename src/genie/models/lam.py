@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genie.models.aids import MotionInput, WarpHead
 from genie.models.common import PatchGeometry
 from genie.nn import (
     QuantizerOutput,
@@ -35,7 +36,6 @@ from genie.nn import (
     quantizer_from_config,
     unpatchify,
 )
-from genie.nn.static_shapes import windows
 
 LAMInput = Literal["pixels", "tokens"]
 
@@ -182,11 +182,11 @@ class LatentActionModel(nn.Module):
             self.dec_embed = nn.Embedding(cfg.token_vocab, dd)
             self.head = nn.Linear(dd, cfg.token_vocab, bias=False)
         self.action_query = nn.Parameter(torch.randn(de) * 0.02)
-        self.motion_embed: nn.Module | None = None
+        self.motion_embed: MotionInput | None = None
         if cfg.motion_input:
             if cfg.input != "pixels":
                 raise ValueError("motion_input needs pixel input")
-            self.motion_embed = nn.Linear(cfg.channels * cfg.patch**2, de)
+            self.motion_embed = MotionInput(cfg.channels * cfg.patch**2, de)
         self.encoder = STTransformer(cfg.enc)
         self.to_latent = nn.Linear(de, cfg.latent_dim)
         if cfg.vq_warmup_steps > 0:  # training steps seen (saved: a resumed run knows where its warm-up is)
@@ -199,14 +199,11 @@ class LatentActionModel(nn.Module):
         # sees an unused parameter).
         self.dec_mask = nn.Parameter(torch.zeros(dd)) if cfg.decoder_mask_rate > 0 else None
         self.decoder = STTransformer(cfg.dec)
-        self.warp_head: nn.Linear | None = None
-        if cfg.warp_radius > 0:
-            r = cfg.warp_radius
-            self.warp_head = nn.Linear(dd, 2 * (2 * r + 1))
-            nn.init.zeros_(self.warp_head.weight)
-            with torch.no_grad():  # start as the identity: the centre tap (no shift) carries ~all the weight
-                self.warp_head.bias.zero_()
-                self.warp_head.bias[[r, 3 * r + 1]] = 4.0
+        self.warp_head = (
+            WarpHead(dd, cfg.warp_radius, cfg.warp_stride, cfg.patch, cfg.grid, cfg.hw)
+            if cfg.warp_radius > 0
+            else None
+        )
         if cfg.predict_residual and cfg.input == "pixels":
             # Start as "the next frame equals the last one": random initial changes would first have to be
             # unlearned, and in short runs the decoder never gets past that to learning what the action does.
@@ -269,8 +266,7 @@ class LatentActionModel(nn.Module):
         patches = self._patches(x)
         h_BTSD = self.enc_embed(patches)
         if self.motion_embed is not None:
-            prev = torch.cat((patches[:, :1], patches[:, :-1]), dim=1)
-            h_BTSD = h_BTSD + self.motion_embed(patches - prev)
+            h_BTSD = h_BTSD + self.motion_embed.embed(patches)
         b, t = h_BTSD.shape[:2]
         query = self.action_query.to(h_BTSD.dtype).expand(b, t, 1, -1)
         h_BTSD = self.encoder(torch.cat((query, h_BTSD), dim=2), self.cfg.grid, prefix=1)
@@ -323,26 +319,9 @@ class LatentActionModel(nn.Module):
         h, w = cfg.hw
         logits = logits[..., :h, :w]
         if cfg.predict_residual:
-            base = context if self.warp_head is None else self._warp(context, self.warp_head(h_BTSD))
+            base = context if self.warp_head is None else self.warp_head.warp(context, h_BTSD)
             logits = logits + torch.logit(base.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
         return torch.sigmoid(logits)
-
-    def _warp(self, context: Tensor, taps_BTSK: Tensor) -> Tensor:
-        """Shift ``context_BTCHW`` per patch by the separable kernels ``taps`` (horizontal then vertical)."""
-        cfg = self.cfg
-        r, p, s = cfg.warp_radius, cfg.patch, cfg.warp_stride
-        k = 2 * r + 1
-        (gh, gw), (h, w) = cfg.grid, cfg.hw
-        b, t = context.shape[:2]
-        taps = taps_BTSK.float().reshape(b * t, gh, gw, 2, k).softmax(-1)
-        taps = taps.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :h, :w]  # (BT, H, W, 2, k)
-        x = context.flatten(0, 1).float()
-        # each pass: the k shifted copies as one strided view (no copies, one product, one sum over k)
-        shifted = windows(F.pad(x, (r * s, r * s, 0, 0), mode="replicate"), -1, w, s)  # (BT, C, H, k, W)
-        x = (shifted * taps[..., 0, :].permute(0, 1, 3, 2)[:, None]).sum(-2)
-        shifted = windows(F.pad(x, (0, 0, r * s, r * s), mode="replicate"), -2, h, s)  # (BT, C, k, W, H)
-        x = (shifted * taps[..., 1, :].permute(0, 3, 2, 1)[:, None]).sum(2).transpose(-1, -2)
-        return x.reshape(b, t, *x.shape[1:])
 
     @property
     def warming_up(self) -> bool:
