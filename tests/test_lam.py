@@ -156,11 +156,12 @@ def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
     taps = torch.full((1, 2, 6, 10), -30.0)
     taps[..., 1] = 30.0
     taps[..., 5 + 2] = 30.0
-    shifted = model._warp(x, taps)
+    shifted = model.warp_head.shift(x, taps)
     torch.testing.assert_close(shifted[..., 1:], x[..., :-1])
     # With warp_stride 2 the same taps shift by two pixels.
     strided = LatentActionModel(dataclasses.replace(cfg, warp_stride=2)).eval()
-    torch.testing.assert_close(strided._warp(x, taps)[..., 2:], x[..., :-2])
+    assert strided.warp_head is not None
+    torch.testing.assert_close(strided.warp_head.shift(x, taps)[..., 2:], x[..., :-2])
     # With trained-looking (random) heads the decoder still sees x_t+1 only through the action.
     for head in (model.head, model.warp_head):
         torch.nn.init.normal_(head.weight, std=0.05)

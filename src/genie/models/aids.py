@@ -108,11 +108,16 @@ class WarpHead(nn.Linear):
 
     def warp(self, context: Tensor, h_BTSD: Tensor) -> Tensor:
         """Shift ``context_BTCHW`` per patch by the separable kernels this head reads off ``h_BTSD``."""
+        return self.shift(context, self(h_BTSD))
+
+    def shift(self, context: Tensor, taps_BTSK: Tensor) -> Tensor:
+        """Shift ``context_BTCHW`` per patch by the kernels whose tap logits are ``taps_BTSK`` (horizontal then
+        vertical)."""
         r, p, s = self.radius, self.patch, self.stride
         k = 2 * r + 1
         (gh, gw), (h, w) = self.grid, self.hw
         b, t = context.shape[:2]
-        taps = self(h_BTSD).float().reshape(b * t, gh, gw, 2, k).softmax(-1)
+        taps = taps_BTSK.float().reshape(b * t, gh, gw, 2, k).softmax(-1)
         taps = taps.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :h, :w]  # (BT, H, W, 2, k)
         x = context.flatten(0, 1).float()
         # each pass: the k shifted copies as one strided view (no copies, one product, one sum over k)
