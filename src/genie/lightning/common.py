@@ -71,7 +71,7 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr: float = 0.0  # cosine end point
     total_steps: int = 300_000  # cosine length
-    # one fused AdamW kernel (3-5x faster than the multi-tensor one on CPU); None: where all parameters are
+    # one fused AdamW kernel (faster than the multi-tensor one; docs/benchmarks.md); None: where all parameters are
     # on CPU or CUDA (torch's fused AdamW runs nowhere else, e.g. not on XLA)
     fused: bool | None = None
 
