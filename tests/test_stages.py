@@ -14,24 +14,8 @@ from genie.lightning import DynamicsModule, LAMModule, TokenizerModule
 from genie.metrics import ActionNMI, ActionProbe, CodeUsage, nmi_from_counts
 from genie.models import Genie
 from genie.models.io import load_model, read_checkpoint
+from tiny import LAM, SIZE, TOKENIZER
 
-SIZE = 16
-TOKENIZER = {
-    "image_size": [SIZE, SIZE],
-    "patch": 4,
-    "num_codes": 32,
-    "code_dim": 8,
-    "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
-    "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-}
-LAM = {
-    "image_size": [SIZE, SIZE],
-    "patch": 8,
-    "num_actions": 4,
-    "latent_dim": 8,
-    "encoder": {"dim": 32, "depth": 1, "num_heads": 2},
-    "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
-}
 DYNAMICS = {"transformer": {"dim": 32, "depth": 1, "num_heads": 2}}
 SAMPLING = {"steps": 3, "temperature": 1.0, "context_frames": 4}
 

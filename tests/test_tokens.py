@@ -19,25 +19,8 @@ from genie.data.tokens import TokenStream, read_manifest, write_token_shards
 from genie.lightning import DynamicsModule, LAMModule, TokenizerModule
 from genie.lightning.dynamics import check_token_manifest
 from genie.models.io import fingerprint, load_model
+from tiny import LAM, SIZE, TINY_ST, TOKENIZER
 
-SIZE = 16
-ST = {"dim": 32, "depth": 1, "num_heads": 2}
-TOKENIZER = {
-    "image_size": [SIZE, SIZE],
-    "patch": 4,
-    "num_codes": 32,
-    "code_dim": 8,
-    "encoder": ST,
-    "decoder": ST,
-}
-LAM = {
-    "image_size": [SIZE, SIZE],
-    "patch": 8,
-    "num_actions": 4,
-    "latent_dim": 8,
-    "encoder": ST,
-    "decoder": ST,
-}
 FRAMES = 5
 
 
@@ -138,7 +121,7 @@ def test_dynamics_step_on_tokens_equals_its_step_on_pixels(world: dict[str, Any]
     pixel_batch, token_batch = (collate(list(s)[:4]) for s in (pixels, tokens))
     for actions in ("lam", "true"):
         module = DynamicsModule(
-            model={"transformer": ST, "num_actions": 4 if actions == "true" else None},
+            model={"transformer": TINY_ST, "num_actions": 4 if actions == "true" else None},
             tokenizer_ckpt=str(world["tokenizer"]), lam_ckpt=str(world["lam"]), actions=actions,
         )  # fmt: skip
         losses = []
