@@ -87,7 +87,7 @@ CPU2 = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-tr
 def test_ddp_and_fsdp_two_processes_match_one(tmp_path: Path) -> None:
     # Without the copy head: its loss at initialisation depends on how many of a batch's tokens repeat the
     # previous frame, which differs between the 1 x 4 and 2 x 2 batches; the plain model's does not.
-    plain = "model.model.copy_radius=0"
+    plain = "model.model.aids.copy_radius=0"
     one, _ = fit(tmp_path, "single", "data.batch_size=4", plain)
     ddp, _ = fit(tmp_path, "ddp", "trainer=ddp", plain, *CPU2)
     fsdp, metrics = fit(

@@ -8,13 +8,17 @@ import math
 import pytest
 import torch
 
+from genie.models.aids import DynamicsAids
 from genie.models.dynamics import DynamicsConfig, DynamicsModel, masked_cross_entropy
 from genie.models.sampling import Rollout, SamplingConfig, maskgit_fill, maskgit_schedule
 from genie.nn import KVCache, STConfig
 
 
 def tiny(action_mode: str = "add", **kw: object) -> DynamicsModel:
-    base: dict[str, object] = {"num_codes": 32, "grid": (3, 4), "num_actions": 4}
+    aids = {
+        k: kw.pop(k) for k in list(kw) if k in DynamicsAids.__dataclass_fields__
+    }  # aids by their own name
+    base: dict[str, object] = {"num_codes": 32, "grid": (3, 4), "num_actions": 4, "aids": aids}
     cfg = DynamicsConfig(
         action_mode=action_mode,  # type: ignore[arg-type]
         transformer={"dim": 32, "depth": 2, "num_heads": 4},
@@ -38,7 +42,7 @@ def mode_variant(mode: str, **transformer: object) -> DynamicsModel:
         num_actions=4,
         action_mode="prepend" if mode == "prepend" else "add",
         transformer={"dim": 32, "depth": 2, "num_heads": 4, **transformer},
-        copy_radius=1 if mode == "copy" else 0,
+        aids={"copy_radius": 1 if mode == "copy" else 0},
     )
     model = DynamicsModel(cfg).eval()
     return with_random_copy_head(model) if mode == "copy" else model

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from genie.models.aids import LAMAids
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.nn.static_shapes import windows
 
@@ -20,7 +21,8 @@ def tiny_cfg(**kw: object) -> LAMConfig:
         "encoder": {"dim": 32, "depth": 2, "num_heads": 4},
         "decoder": {"dim": 32, "depth": 2, "num_heads": 4},
     }
-    base.update(kw)
+    aids = {k: kw.pop(k) for k in list(kw) if k in LAMAids.__dataclass_fields__}  # aids by their own name
+    base.update(kw, aids=aids)
     return LAMConfig(**base)  # type: ignore[arg-type]
 
 
@@ -159,7 +161,9 @@ def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
     shifted = model.warp_head.shift(x, taps)
     torch.testing.assert_close(shifted[..., 1:], x[..., :-1])
     # With warp_stride 2 the same taps shift by two pixels.
-    strided = LatentActionModel(dataclasses.replace(cfg, warp_stride=2)).eval()
+    strided = LatentActionModel(
+        dataclasses.replace(cfg, aids=dataclasses.replace(cfg.aids, warp_stride=2))
+    ).eval()
     assert strided.warp_head is not None
     torch.testing.assert_close(strided.warp_head.shift(x, taps)[..., 2:], x[..., :-2])
     # With trained-looking (random) heads the decoder still sees x_t+1 only through the action.
@@ -193,8 +197,9 @@ def test_vq_warmup_feeds_continuous_latents_then_closes_the_bottleneck() -> None
     model = LatentActionModel(tiny_cfg(vq_warmup_steps=2))
     video = torch.rand(2, 3, 3, 32, 48)
     z = model.encode_latents(video)
+    assert model.vq_warmup is not None
     for step in range(3):
-        warming = model.warming_up
+        warming = model.vq_warmup.active
         assert warming == (step < 2)
         out = model(video)
         if warming:  # the decoder read the normalised continuous latent, and no commitment term was added
@@ -203,12 +208,16 @@ def test_vq_warmup_feeds_continuous_latents_then_closes_the_bottleneck() -> None
             torch.testing.assert_close(out.loss, out.recon_loss + out.vq.codebook_loss)
         else:
             torch.testing.assert_close(out.loss, out.recon_loss + out.vq.loss)
-    assert int(model.state_dict()["train_steps"]) == 3  # saved with the weights: a resumed run knows its step
-    assert not model.eval().warming_up and "train_steps" not in LatentActionModel(tiny_cfg()).state_dict()
+    assert (
+        int(model.state_dict()["vq_warmup.train_steps"]) == 3
+    )  # saved with the weights: a resumed run knows
+    assert not model.eval().vq_warmup.active
+    assert LatentActionModel(tiny_cfg()).vq_warmup is None  # off: no module, nothing saved
+    assert not any("train_steps" in k for k in LatentActionModel(tiny_cfg()).state_dict())
     fresh = LatentActionModel(tiny_cfg(vq_warmup_steps=2)).train()
-    assert fresh.warming_up  # the host counter, read once ...
+    assert fresh.vq_warmup is not None and fresh.vq_warmup.active  # the host counter, read once ...
     fresh.load_state_dict(model.state_dict())
-    assert not fresh.warming_up  # ... is read again after loading: a resumed run is past its warm-up
+    assert not fresh.vq_warmup.active  # ... is read again after loading: a resumed run is past its warm-up
     with pytest.raises(ValueError, match="vq_warmup_steps"):
         tiny_cfg(vq_warmup_steps=-1)
 
@@ -218,3 +227,31 @@ def test_warp_windows_as_slices_equal_unfold(dim: int, size: int, step: int) -> 
     # (the form XLA runs: its unfold reads the tensor back to the host mid-step)
     x = torch.randn(2, 3, 9, 11)
     assert torch.equal(windows(x, dim, size, step, slices=True), x.unfold(dim, size, step))
+
+
+def test_aids_are_one_nested_config_and_old_flat_configs_and_weights_migrate() -> None:
+    from genie.models.aids import DynamicsAids
+    from genie.models.io import build_from_state, config_from_dict
+
+    base = {"image_size": [32, 48], "patch": 16, "num_actions": 4, "latent_dim": 8,
+            "encoder": {"dim": 32, "depth": 2, "num_heads": 4}, "decoder": {"dim": 32, "depth": 2, "num_heads": 4}}  # fmt: skip
+    aids = {"recon_weight": 100.0, "predict_residual": True, "motion_input": True, "window": 2, "warp_radius": 2,
+            "warp_stride": 2, "vq_warmup_steps": 1, "decoder_mask_rate": 0.25}  # fmt: skip
+    old = config_from_dict("lam", {**base, **aids})  # a config saved before ``aids``
+    new = config_from_dict("lam", {**base, "aids": aids})
+    assert old == new and new.aids == LAMAids(**aids)  # type: ignore[arg-type]
+    assert LAMConfig().aids == LAMAids()  # the paper's LAM: every aid off
+    dyn = config_from_dict(
+        "dynamics", {"num_codes": 32, "grid": [3, 4], "copy_radius": 1, "full_mask_prob": 0.5}
+    )
+    assert dyn.aids == DynamicsAids(full_mask_prob=0.5, copy_radius=1)
+    with pytest.raises(ValueError, match="unknown aids option"):
+        config_from_dict("lam", {**base, "aids": {"warp": 2}})
+    # weights saved when the warm-up's step count was the LAM's own buffer load into the module that holds it now
+    torch.manual_seed(0)
+    model = LatentActionModel(new).train()
+    model(torch.rand(1, 3, 3, 32, 48))
+    state = {("train_steps" if k == "vq_warmup.train_steps" else k): v for k, v in model.state_dict().items()}
+    loaded = build_from_state("lam", new, state)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert int(loaded.state_dict()["vq_warmup.train_steps"]) == 1

@@ -218,3 +218,14 @@ def test_action_probe_metric_equals_the_probe_over_all_batches() -> None:
     empty = ActionProbe(4)
     empty.update(latent[:1], torch.full((1, 15), -1))
     assert empty.labelled() == 0 and torch.isnan(empty.compute())
+
+
+def test_a_lightning_checkpoint_from_before_the_warmup_module_resumes() -> None:
+    # the VQ warm-up's step count was the LAM's own buffer (model.train_steps); resuming renames it at load
+    module = LAMModule(model={**LAM, "aids": {"vq_warmup_steps": 5}}, optim={"lr": 1e-3, "warmup_steps": 1})
+    state = dict(module.state_dict())
+    state["model.train_steps"] = state.pop("model.vq_warmup.train_steps") + 3
+    checkpoint = {"state_dict": state}
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])  # strict
+    assert module.model.vq_warmup is not None and int(module.model.vq_warmup.train_steps) == 3

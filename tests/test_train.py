@@ -366,7 +366,7 @@ def test_paper_play_limit_counts_the_paper_model_and_measures_at_tiny_dims() -> 
     assert 10.0e9 < params < 10.2e9 and flops == 2 * params * 920 * 25  # ~4.6e14 FLOP per frame
     r = paper_play(
         "dynamics_tiny", device="cpu", dtype=torch.bfloat16, matmul_flops_per_s=1e11, steps=2, context_frames=3,
-        timed=1, overrides=("model.model.copy_radius=0",),
+        timed=1, overrides=("model.model.aids.copy_radius=0",),
     )  # fmt: skip
     assert r["tokens_per_frame"] == 920 and r["frames_per_s"] > 0 and r["dtype"] == "bfloat16"
     assert r["fraction_of_limit"] == pytest.approx(r["frames_per_s"] / (1e11 / r["flops_per_frame"]))

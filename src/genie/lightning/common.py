@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-from genie.models.io import config_from_dict, load_model, resolve_checkpoint
+from genie.models.io import config_from_dict, load_model, migrate_state, resolve_checkpoint
 from genie.models.tokenizer import VideoTokenizer
 
 
@@ -38,6 +38,11 @@ class StageModule(L.LightningModule):
                 f"data.train_tokens is set, but this {type(self).__name__} trains on pixels; pretokenized clips "
                 "are for the dynamics stage (set data.train_tokens=null)"
             )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # resuming from, or loading, weights saved under older names
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = migrate_state(checkpoint["state_dict"])
 
     def configure_gradient_clipping(
         self,

@@ -12,15 +12,141 @@ Each is off in the paper's configs and switched on by its model's config; the pa
   a few shifts, which the action must select: an early, strong training signal for the latent.
 - :class:`MotionInput` (LAM encoder, ``motion_input``): each patch's difference to the same patch one frame
   earlier is embedded beside the patch, so motion is visible to the first layer.
+- :class:`VQWarmup` (LAM, ``vq_warmup_steps > 0``): for the first training steps the decoder reads the encoder's
+  continuous latent instead of its code, so the encoder learns what the decoder needs before the bottleneck closes.
+
+Their settings are one nested config per model, ``aids`` (:class:`LAMAids`, :class:`DynamicsAids`; all off by
+default, which is the paper).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genie.nn.static_shapes import windows
+
+_Aids = TypeVar("_Aids", "LAMAids", "DynamicsAids")
+
+
+@dataclass
+class LAMAids:
+    """The LAM's aids outside the paper (``model.model.aids``); the defaults are the paper's LAM. The tiny
+    configs switch them on: together they make a LAM learn actions in a few hundred CPU steps (docs/lab-notes.md)."""
+
+    # Weight of the reconstruction term against the VQ terms. Pixel MSE between consecutive frames is ~1e-3,
+    # so at weight 1 the commitment term dominates the encoder's gradient and holds every latent at the code it
+    # started on (codes then never come to mean actions); ~1e3 restores the balance of a per-pixel-summed loss.
+    recon_weight: float = 1.0
+    # Pixels: predict x_t+1 as sigmoid(logit(x_t) + decoder output), i.e. a change relative to the last frame.
+    # Copying becomes free, so the decoder's capacity (and the action) go into what changed.
+    predict_residual: bool = False
+    # Encoder: also embed each patch's difference to the same patch one frame earlier (:class:`MotionInput`),
+    # and read the transition latent from the action token plus the mean of frame t+1's patch tokens.
+    motion_input: bool = False
+    # Frames each prediction may use: None = the whole clip (the paper); 2 = only x_t and x_t+1. Short windows
+    # stop the decoder from extrapolating the motion of earlier frames (random policies repeat actions), so
+    # the latent has to carry what the action did. Clips are processed as overlapping windows.
+    window: int | None = None
+    # Pixels: > 0 adds the decoder's shift head (:class:`WarpHead`) with 2r+1 taps each way; needs
+    # predict_residual (the residual head corrects the warped frame).
+    warp_radius: int = 0
+    # Spacing of the shift taps in pixels: they shift by -r·stride .. r·stride. Gradient descent from the
+    # identity finds shifts a tap or two away; worlds that move several pixels a frame need a stride.
+    warp_stride: int = 1
+    # :class:`VQWarmup`: the decoder reads continuous latents for this many training steps.
+    vq_warmup_steps: int = 0
+    # Hide this fraction of context patches from the decoder (a learned stand-in), so it must rely on the action.
+    decoder_mask_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 2:
+            raise ValueError(
+                f"LAM aids.window must be >= 2 frames (one transition) or null, got {self.window}"
+            )
+        if self.warp_radius < 0:
+            raise ValueError(f"LAM aids.warp_radius must be >= 0 (0 = off), got {self.warp_radius}")
+        if self.warp_stride < 1:
+            raise ValueError(f"LAM aids.warp_stride must be >= 1, got {self.warp_stride}")
+        if self.warp_radius > 0 and not self.predict_residual:
+            raise ValueError("LAM aids.warp_radius > 0 needs aids.predict_residual=true")
+        if self.vq_warmup_steps < 0:
+            raise ValueError(f"LAM aids.vq_warmup_steps must be >= 0, got {self.vq_warmup_steps}")
+        if self.recon_weight <= 0:
+            raise ValueError(f"LAM aids.recon_weight must be > 0, got {self.recon_weight}")
+        if not 0.0 <= self.decoder_mask_rate < 1.0:
+            raise ValueError(f"LAM aids.decoder_mask_rate must be in [0, 1), got {self.decoder_mask_rate}")
+
+
+@dataclass
+class DynamicsAids:
+    """The dynamics model's aids outside the paper (``model.model.aids``); the defaults are the paper's."""
+
+    # Probability that a training frame (2..T) is masked whole instead of at the example's rate. With a partly
+    # visible frame the model can read the motion off the visible tokens and need not use the action; a
+    # wholly masked frame (as at the first MaskGIT step of generation) can only be predicted from the past and
+    # the action. Small models trained briefly learn control much sooner with it (docs/lab-notes.md).
+    full_mask_prob: float = 0.0
+    # > 0: :class:`CopyHead` over offsets within this radius of the previous frame's tokens.
+    copy_radius: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.full_mask_prob <= 1.0:
+            raise ValueError(f"dynamics aids.full_mask_prob must be in [0, 1], got {self.full_mask_prob}")
+        if self.copy_radius < 0:
+            raise ValueError(f"dynamics aids.copy_radius must be >= 0 (0 = off), got {self.copy_radius}")
+
+
+def as_aids(cls: type[_Aids], value: Any) -> _Aids:
+    """``cls`` from itself or a mapping (YAML); an unknown key is one clear error."""
+    if isinstance(value, cls):
+        return value
+    values = dict(value or {})
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown aids option(s) {unknown}; valid options are {sorted(known)}")
+    return cls(**values)
+
+
+class VQWarmup(nn.Module):
+    """Counts training steps (a saved buffer: a resumed run knows where its warm-up is) and says whether the
+    warm-up is still on. The count is read from the buffer once, after building or loading, and then kept on
+    the host: a read per step would stall a GPU/TPU."""
+
+    train_steps: Tensor
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        self._host_steps: int | None = None
+        self.register_load_state_dict_post_hook(VQWarmup._forget_host_steps)
+
+    @property
+    def active(self) -> bool:
+        """True while training inside the warm-up."""
+        if not self.training:
+            return False
+        if self._host_steps is None:
+            self._host_steps = int(self.train_steps)
+        return self._host_steps < self.steps
+
+    def step(self) -> None:
+        """Count one training step (call after :attr:`active` has been read for it)."""
+        if not self.training:
+            return
+        self.train_steps.add_(1)
+        if self._host_steps is not None:
+            self._host_steps += 1
+
+    @staticmethod
+    def _forget_host_steps(module: nn.Module, incompatible_keys: Any) -> None:
+        module._host_steps = None  # type: ignore[assignment]
 
 
 class CopyHead(nn.Linear):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.models.aids import CopyHead
+from genie.models.aids import CopyHead, DynamicsAids, as_aids
 from genie.models.sampling import Rollout, SamplingConfig, uniform
 from genie.nn import KVCache, STConfig, STTransformer, as_st_config
 from genie.nn.static_shapes import static_shapes
@@ -37,16 +37,8 @@ class DynamicsConfig:
         default_factory=lambda: STConfig(dim=512, depth=12, num_heads=8)
     )
     mask_rate: Sequence[float] = (0.5, 1.0)
-    # Probability that a training frame (2..T) is masked whole instead of at the example's rate. With a partly
-    # visible frame the model can read the motion off the visible tokens and need not use the action; a
-    # wholly masked frame (as at the first MaskGIT step of generation) can only be predicted from the past and
-    # the action. 0 in the paper; small models trained briefly learn control much sooner with it (docs/lab-notes.md).
-    full_mask_prob: float = 0.0
-    # > 0: a copy head (the token-space analogue of the LAM's shift head). Each token's distribution becomes a
-    # mixture of the generated one and copies of the previous frame's tokens at offsets within this radius,
-    # with the gate and the offset weights predicted from the token's hidden state (which carries the action).
-    # Scrolling worlds then need only "which way did it move", not a table of shifted codes. 0 in the paper.
-    copy_radius: int = 0
+    # Aids outside the paper (genie.models.aids; all off by default): whole-frame masking, the copy head.
+    aids: DynamicsAids = field(default_factory=DynamicsAids)  # a mapping is taken too
 
     def __post_init__(self) -> None:
         self.grid = (int(self.grid[0]), int(self.grid[1]))
@@ -55,10 +47,7 @@ class DynamicsConfig:
             raise ValueError(
                 f"mask_rate must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(self.mask_rate)}"
             )
-        if not 0.0 <= self.full_mask_prob <= 1.0:
-            raise ValueError(f"full_mask_prob must be in [0, 1], got {self.full_mask_prob}")
-        if self.copy_radius < 0:
-            raise ValueError(f"copy_radius must be >= 0 (0 = off), got {self.copy_radius}")
+        self.aids = as_aids(DynamicsAids, self.aids)
         self.transformer = as_st_config(self.transformer)
         if self.action_mode not in ("add", "prepend"):
             raise ValueError(f"action_mode must be 'add' or 'prepend', got {self.action_mode!r}")
@@ -74,7 +63,8 @@ class DynamicsConfig:
 
     @property
     def copy_offsets(self) -> int:
-        return (2 * self.copy_radius + 1) ** 2 if self.copy_radius > 0 else 0
+        r = self.aids.copy_radius
+        return (2 * r + 1) ** 2 if r > 0 else 0
 
     def num_params(self) -> int:
         """Closed form: transformer + token embeddings (codes + mask) + actions (+ start) + output head
@@ -104,7 +94,7 @@ class DynamicsModel(nn.Module):
         self.head = nn.Linear(d, cfg.num_codes, bias=False)
         for emb in (self.token_embed, self.action_embed):
             nn.init.normal_(emb.weight, std=0.02)
-        self.copy_head = CopyHead(d, cfg.hw, cfg.copy_radius) if cfg.copy_radius > 0 else None
+        self.copy_head = CopyHead(d, cfg.hw, cfg.aids.copy_radius) if cfg.aids.copy_radius > 0 else None
 
     @property
     def prefix(self) -> int:
@@ -237,8 +227,8 @@ class DynamicsModel(nn.Module):
         lo, hi = self.cfg.mask_rate
         rate_B = lo + (hi - lo) * uniform((b,), generator, device)
         mask = uniform((b, t, s), generator, device) < rate_B[:, None, None]
-        if self.cfg.full_mask_prob > 0:
-            whole_BT = uniform((b, t), generator, device) < self.cfg.full_mask_prob
+        if self.cfg.aids.full_mask_prob > 0:
+            whole_BT = uniform((b, t), generator, device) < self.cfg.aids.full_mask_prob
             mask |= whole_BT[:, :, None]
         mask[:, 0] = False
         return mask

@@ -92,6 +92,48 @@ _FLAT_VQ = {
 }
 
 
+# Settings of the aids outside the paper that a LAM / dynamics config held flat before ``aids``
+# (genie.models.aids.LAMAids / DynamicsAids) took them
+_FLAT_AIDS = {
+    "lam": (
+        "recon_weight",
+        "predict_residual",
+        "motion_input",
+        "window",
+        "warp_radius",
+        "warp_stride",
+        "vq_warmup_steps",
+        "decoder_mask_rate",
+    ),
+    "dynamics": ("full_mask_prob", "copy_radius"),
+}
+
+
+def _nest_aids(stage: str, values: dict[str, Any]) -> dict[str, Any]:
+    flat = [k for k in _FLAT_AIDS.get(stage, ()) if k in values]
+    if not flat:
+        return values
+    values = dict(values)
+    aids = dict(values.get("aids") or {})
+    for key in flat:
+        aids[key] = values.pop(key)
+    values["aids"] = aids
+    return values
+
+
+def migrate_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Weights saved before the VQ warm-up became a module (``genie.models.aids.VQWarmup``) kept its step count
+    as the LAM's ``train_steps``; it is now ``vq_warmup.train_steps`` (any prefix, e.g. ``model.`` or ``lam.``)."""
+    renamed = {}
+    for key, value in state.items():
+        if (key == "train_steps" or key.endswith(".train_steps")) and not key.endswith(
+            "vq_warmup.train_steps"
+        ):
+            key = key[: -len("train_steps")] + "vq_warmup.train_steps"
+        renamed[key] = value
+    return renamed
+
+
 def _migrate(values: Any) -> Any:
     """Configs saved before ``qk_norm`` took names wrote it as a boolean: true meant ``"rms"``, false ``"none"``;
     before activation checkpointing became a policy (``genie.distributed``) an ST config carried
@@ -120,7 +162,7 @@ def _migrate(values: Any) -> Any:
 
 def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
     """A ``stage`` config from a plain mapping (a checkpoint's or a YAML file's), older spellings migrated."""
-    values = _migrate(values)
+    values = _nest_aids(stage, _migrate(values))
     cls = BUILDERS[stage][0]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -134,7 +176,7 @@ def build_from_state(stage: str, config: Any, state: dict[str, torch.Tensor], so
     cfg = config if not isinstance(config, dict) else config_from_dict(stage, config)
     model: nn.Module = BUILDERS[stage][1](cfg)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(migrate_state(state), strict=False)
     except RuntimeError as err:  # shape mismatches: name the keys
         sizes = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
         raise ValueError(

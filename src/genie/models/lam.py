@@ -10,7 +10,7 @@ paper's default; ``input="tokens"`` is the Tab. 2 ablation (tokenizer ids in, ne
 Collapse (all transitions mapped to one or two codes) is the commonest failure of public reimplementations.
 Guards here: l2-normalised codes (cosine look-up), a small latent dim, codes initialised from data and
 restarted after ``dead_code_steps`` unused steps, per-code usage reported on every call, and optionally
-``decoder_mask_rate`` (randomly hide context patches from the decoder so it must rely on the action).
+``aids.decoder_mask_rate`` (randomly hide context patches from the decoder so it must rely on the action).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.models.aids import MotionInput, WarpHead
+from genie.models.aids import LAMAids, MotionInput, VQWarmup, WarpHead, as_aids
 from genie.models.common import PatchGeometry
 from genie.nn import (
     QuantizerOutput,
@@ -63,38 +63,9 @@ class LAMConfig(PatchGeometry):
         default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
     )
     vq: VQConfig = field(default_factory=lambda: VQConfig(l2_normalize=True))  # a mapping is taken too
-    decoder_mask_rate: float = 0.0
-    # Pixels: predict x_t+1 as sigmoid(logit(x_t) + decoder output), i.e. a change relative to the last frame.
-    # Copying becomes free, so the decoder's capacity (and the action) go into what changed. Off = the paper.
-    predict_residual: bool = False
-    # Encoder: also embed each patch's difference to the same patch one frame earlier (motion is then visible
-    # to the first layer instead of having to be found by attention), and read the transition latent from the
-    # action token plus the mean of frame t+1's patch tokens. Off = the paper's plain encoder.
-    motion_input: bool = False
-    # Frames each prediction may use: None = the whole clip (the paper); 2 = only x_t and x_t+1. Short windows
-    # stop the decoder from extrapolating the motion of earlier frames (random policies repeat actions), so
-    # the latent has to carry what the action did. Clips are processed as overlapping windows.
-    window: int | None = None
-    # Pixels: > 0 adds a motion head to the decoder: per patch, a separable shift kernel of 2r+1 taps
-    # horizontally and vertically (softmax weights, initialised to the identity) that warps the last frame;
-    # the residual head then corrects the warped frame (needs predict_residual). Scrolling and moving sprites
-    # become a choice among a few shifts, which the decoder learns in a few hundred steps and which the action
-    # must select - a strong, early training signal for the latent. 0 = the paper's plain decoder.
-    warp_radius: int = 0
-    # Spacing of the shift kernel's taps in pixels: the taps shift by -r·stride .. r·stride. Gradient descent
-    # from the identity finds shifts a tap or two away; worlds that move several pixels per frame need a
-    # stride (e.g. 2 for 4-px scrolling) to bring them that close.
-    warp_stride: int = 1
-    # Weight of the reconstruction term against the VQ terms. Pixel MSE between consecutive frames is ~1e-3,
-    # so at weight 1 the commitment term dominates the encoder's gradient and holds every latent at the code it
-    # started on (codes then never come to mean actions); ~1e3 restores the balance of a per-pixel-summed loss.
-    recon_weight: float = 1.0
-    # VQ warm-up: for this many training steps the decoder reads the encoder's continuous latent (l2-normalised
-    # like the codes) instead of its code, and only the codebook term trains the codes (no commitment). The
-    # encoder learns what the decoder needs - e.g. which way the world moved - without the quantiser holding
-    # each latent at its code; then the bottleneck closes on codes that already sit among those latents.
-    # 0 = the paper's VQ from the first step.
-    vq_warmup_steps: int = 0
+    # Aids outside the paper (genie.models.aids; all off by default): residual prediction, the motion input,
+    # short windows, the decoder's shift head, the VQ warm-up, the reconstruction weight, decoder masking.
+    aids: LAMAids = field(default_factory=LAMAids)  # a mapping is taken too
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
@@ -102,6 +73,7 @@ class LAMConfig(PatchGeometry):
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
         self.vq = as_vq_config(self.vq, l2_normalize=True)
+        self.aids = as_aids(LAMAids, self.aids)
         if self.input not in ("pixels", "tokens"):
             raise ValueError(f"LAM input must be 'pixels' or 'tokens', got {self.input!r}")
         for name, st in (("encoder", self.enc), ("decoder", self.dec)):
@@ -110,20 +82,8 @@ class LAMConfig(PatchGeometry):
                     f"the LAM {name} must mix time causally (attention st or full, causal=true): "
                     "otherwise frame t would see x_t+1"
                 )
-        if self.window is not None and self.window < 2:
-            raise ValueError(f"LAM window must be >= 2 frames (one transition) or null, got {self.window}")
-        if self.warp_radius < 0:
-            raise ValueError(f"LAM warp_radius must be >= 0 (0 = off), got {self.warp_radius}")
-        if self.warp_stride < 1:
-            raise ValueError(f"LAM warp_stride must be >= 1, got {self.warp_stride}")
-        if self.warp_radius > 0 and not (self.predict_residual and self.input == "pixels"):
-            raise ValueError("LAM warp_radius > 0 needs pixel input and predict_residual=true")
-        if self.vq_warmup_steps < 0:
-            raise ValueError(f"LAM vq_warmup_steps must be >= 0, got {self.vq_warmup_steps}")
-        if self.recon_weight <= 0:
-            raise ValueError(f"LAM recon_weight must be > 0, got {self.recon_weight}")
-        if not 0.0 <= self.decoder_mask_rate < 1.0:
-            raise ValueError(f"decoder_mask_rate must be in [0, 1), got {self.decoder_mask_rate}")
+        if self.input != "pixels" and (self.aids.warp_radius > 0 or self.aids.motion_input):
+            raise ValueError("LAM aids.warp_radius > 0 and aids.motion_input need pixel input")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -149,10 +109,10 @@ class LAMConfig(PatchGeometry):
             + (de + 1) * a  # to latent
             + self.num_actions * a  # codebook
             + (a + 1) * dd  # latent to decoder
-            + (dd if self.decoder_mask_rate > 0 else 0)  # decoder mask token
-            + ((self.channels * self.patch**2 + 1) * de if self.motion_input else 0)
+            + (dd if self.aids.decoder_mask_rate > 0 else 0)  # decoder mask token
+            + ((self.channels * self.patch**2 + 1) * de if self.aids.motion_input else 0)
             + head
-            + ((dd + 1) * 2 * (2 * self.warp_radius + 1) if self.warp_radius > 0 else 0)
+            + ((dd + 1) * 2 * (2 * self.aids.warp_radius + 1) if self.aids.warp_radius > 0 else 0)
         )
 
 
@@ -172,6 +132,7 @@ class LatentActionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         de, dd = cfg.enc.dim, cfg.dec.dim
+        aids = cfg.aids
         if cfg.input == "pixels":
             pd = cfg.channels * cfg.patch**2
             self.enc_embed: nn.Module = nn.Linear(pd, de)
@@ -183,28 +144,23 @@ class LatentActionModel(nn.Module):
             self.head = nn.Linear(dd, cfg.token_vocab, bias=False)
         self.action_query = nn.Parameter(torch.randn(de) * 0.02)
         self.motion_embed: MotionInput | None = None
-        if cfg.motion_input:
-            if cfg.input != "pixels":
-                raise ValueError("motion_input needs pixel input")
+        if aids.motion_input:
             self.motion_embed = MotionInput(cfg.channels * cfg.patch**2, de)
         self.encoder = STTransformer(cfg.enc)
         self.to_latent = nn.Linear(de, cfg.latent_dim)
-        if cfg.vq_warmup_steps > 0:  # training steps seen (saved: a resumed run knows where its warm-up is)
-            self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
-        self._host_steps: int | None = None  # host copy of train_steps (see warming_up)
-        self.register_load_state_dict_post_hook(LatentActionModel._forget_host_steps)
+        self.vq_warmup = VQWarmup(aids.vq_warmup_steps) if aids.vq_warmup_steps > 0 else None
         self.quantizer = quantizer_from_config(cfg.num_actions, cfg.latent_dim, cfg.vq)
         self.from_latent = nn.Linear(cfg.latent_dim, dd)
-        # A learned stand-in for hidden context patches (only with decoder_mask_rate > 0, so that DDP never
+        # A learned stand-in for hidden context patches (only with aids.decoder_mask_rate > 0, so that DDP never
         # sees an unused parameter).
-        self.dec_mask = nn.Parameter(torch.zeros(dd)) if cfg.decoder_mask_rate > 0 else None
+        self.dec_mask = nn.Parameter(torch.zeros(dd)) if aids.decoder_mask_rate > 0 else None
         self.decoder = STTransformer(cfg.dec)
         self.warp_head = (
-            WarpHead(dd, cfg.warp_radius, cfg.warp_stride, cfg.patch, cfg.grid, cfg.hw)
-            if cfg.warp_radius > 0
+            WarpHead(dd, aids.warp_radius, aids.warp_stride, cfg.patch, cfg.grid, cfg.hw)
+            if aids.warp_radius > 0
             else None
         )
-        if cfg.predict_residual and cfg.input == "pixels":
+        if aids.predict_residual and cfg.input == "pixels":
             # Start as "the next frame equals the last one": random initial changes would first have to be
             # unlearned, and in short runs the decoder never gets past that to learning what the action does.
             nn.init.zeros_(self.head.weight)
@@ -258,8 +214,9 @@ class LatentActionModel(nn.Module):
         self._check(x)
         b = x.shape[0]
         n = 1
-        if self.cfg.window is not None:
-            x, n = self._windows(x, self.cfg.window)
+        window = self.cfg.aids.window
+        if window is not None:
+            x, n = self._windows(x, window)
         return self._gather(self._encode(x), b, n)
 
     def _encode(self, x: Tensor) -> Tensor:
@@ -297,10 +254,11 @@ class LatentActionModel(nn.Module):
         Pixels: ``video_B(T-1)CHW`` in [0, 1]; tokens: ``logits_B(T-1)SV``.
         """
         cfg = self.cfg
-        if cfg.window is not None and context.shape[1] > cfg.window - 1:
+        window = cfg.aids.window
+        if window is not None and context.shape[1] > window - 1:
             b = context.shape[0]
-            ctx, n = self._windows(context, cfg.window - 1)
-            z, _ = self._windows(actions_z, cfg.window - 1)
+            ctx, n = self._windows(context, window - 1)
+            z, _ = self._windows(actions_z, window - 1)
             return self._gather(self._decode(ctx, z, mask_rate), b, n)
         return self._decode(context, actions_z, mask_rate)
 
@@ -318,44 +276,27 @@ class LatentActionModel(nn.Module):
         logits = unpatchify(out, cfg.patch, cfg.grid, cfg.channels)
         h, w = cfg.hw
         logits = logits[..., :h, :w]
-        if cfg.predict_residual:
+        if cfg.aids.predict_residual:
             base = context if self.warp_head is None else self.warp_head.warp(context, h_BTSD)
             logits = logits + torch.logit(base.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
         return torch.sigmoid(logits)
 
-    @property
-    def warming_up(self) -> bool:
-        """True while training inside ``vq_warmup_steps`` (the decoder then reads continuous latents)."""
-        steps = getattr(self, "train_steps", None)
-        if not self.training or steps is None:
-            return False
-        if self._host_steps is None:  # read the buffer once (after building or loading), then count here:
-            self._host_steps = int(steps)  # a read per step would stall a GPU/TPU on the host
-        return self._host_steps < self.cfg.vq_warmup_steps
-
-    @staticmethod
-    def _forget_host_steps(module: nn.Module, incompatible_keys: Any) -> None:
-        module._host_steps = None  # type: ignore[assignment]
-
     def forward(self, x: Tensor) -> LAMOutput:
         z = self.encode_latents(x)
         vq = self.quantizer(z)
-        rate = self.cfg.decoder_mask_rate if self.training else 0.0
-        if self.warming_up:
+        rate = self.cfg.aids.decoder_mask_rate if self.training else 0.0
+        if self.vq_warmup is not None and self.vq_warmup.active:
             latent = F.normalize(z, dim=-1) if self.cfg.vq.l2_normalize else z
             vq_loss = vq.codebook_loss  # codes follow the latents; nothing pulls the latents to the codes yet
         else:
             latent, vq_loss = vq.z_q, vq.loss
-        steps = getattr(self, "train_steps", None)
-        if self.training and isinstance(steps, Tensor):
-            steps.add_(1)
-            if self._host_steps is not None:
-                self._host_steps += 1
+        if self.vq_warmup is not None:
+            self.vq_warmup.step()
         pred = self.decode(x[:, :-1], latent, rate)
         target = x[:, 1:]
         if self.cfg.input == "tokens":
             recon = F.cross_entropy(pred.flatten(0, 2).float(), target.flatten().long())
         else:
             recon = F.mse_loss(pred.float(), target.float())
-        loss = self.cfg.recon_weight * recon + vq_loss
+        loss = self.cfg.aids.recon_weight * recon + vq_loss
         return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon)
