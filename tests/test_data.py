@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from genie.data.datamodule import ClipDataModule
 from genie.data.pipeline import ClipStream, expand_shards, resize_crop
-from genie.data.shards import ShardWriter, clip_record, read_shard
+from genie.data.shards import ShardWriter, add_member, clip_record, read_shard, shard_samples
 from genie.data.synthetic import (
     NUM_ACTIONS,
     PlatformerConfig,
@@ -340,3 +340,19 @@ def test_regenerating_with_other_settings_removes_stale_shards(tmp_path: Path) -
     )
     assert manifest["settings"]["run_speed"] == 2.0
     assert (tmp_path / "train-000000.tar").read_bytes() != before
+
+
+def test_shard_samples_group_files_as_webdataset_does(tmp_path: Path) -> None:
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("a.npz", b"1"), ("a.json", b"2"), ("d/b.tokens.npz", b"3"), ("d/b.json", b"4"),
+                           ("a.txt", b"5")]:  # fmt: skip
+            add_member(tar, name, data)
+    # consecutive files of one key make a sample; the key keeps its folder, the extension its inner dots
+    assert list(shard_samples(path)) == [
+        ("a", {"npz": b"1", "json": b"2"}),
+        ("d/b", {"tokens.npz": b"3", "json": b"4"}),
+        ("a", {"txt": b"5"}),
+    ]
+    with tarfile.open(path) as tar:
+        assert tar.getmember("a.npz").mode == 0o444

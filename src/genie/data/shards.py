@@ -96,9 +96,7 @@ class ShardWriter:
 
     def _add(self, name: str, data: bytes) -> None:
         assert self._tar is not None
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o444
-        self._tar.addfile(info, io.BytesIO(data))
+        add_member(self._tar, name, data)
 
     def write(self, key: str, frames_THW3: np.ndarray, record: dict[str, Any]) -> None:
         if "." in key or "/" in key:
@@ -162,19 +160,37 @@ def tar_members(fileobj: BinaryIO) -> Iterator[tuple[str, bytes]]:
             yield member.name, f.read()
 
 
-def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-    """Every ``(key, frames_THW3, record)`` of one local shard, in order (no streaming machinery)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add ``data`` to ``tar`` as the read-only file ``name``."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o444
+    tar.addfile(info, io.BytesIO(data))
+
+
+def shard_samples(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of each sample of one local shard, streamed in order, grouped as webdataset
+    groups them (consecutive files of one key: ``dir/key.tokens.npz`` is key ``dir/key``, extension
+    ``tokens.npz``). A shard cut short raises ``tarfile.ReadError`` after the samples before the cut."""
+    key: str | None = None
+    parts: dict[str, bytes] = {}
     with open(path, "rb") as f:
         for name, data in tar_members(f):
-            key, _, ext = name.partition(".")
-            if key not in samples:
-                samples[key] = {}
-                order.append(key)
-            samples[key][ext] = data
-    for key in order:
-        yield key, decode_frames(samples[key]["npz"]), json.loads(samples[key]["json"])
+            folder, slash, base = name.rpartition("/")
+            stem, _, ext = base.partition(".")
+            k = folder + slash + stem
+            if k != key and key is not None:
+                yield key, parts
+                parts = {}
+            key = k
+            parts[ext] = data
+    if key is not None:
+        yield key, parts
+
+
+def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """Every ``(key, frames_THW3, record)`` of one local shard, in order (no streaming machinery)."""
+    for key, parts in shard_samples(path):
+        yield key, decode_frames(parts["npz"]), json.loads(parts["json"])
 
 
 # -- resumable shard-set writers (procgen, videos): shared bookkeeping ---------------------------------------

@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from genie.data.pipeline import ClipStream, expand_shards, resize_crop
-from genie.data.shards import atomic_write_text, claim_output_dir, decode_frames, run_jobs, tar_members
+from genie.data.shards import (
+    add_member,
+    atomic_write_text,
+    claim_output_dir,
+    decode_frames,
+    run_jobs,
+    shard_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +76,6 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # -- writing ----------------------------------------------------------------------------------------------
-def _clips(path: str) -> Iterator[tuple[str, bytes | None, bytes | None]]:
-    """``(key, npz, json)`` of each sample of a local clip shard in order; a shard cut short ends the
-    iteration with a ``tarfile.ReadError`` after the clips before the cut."""
-    key: str | None = None
-    parts: dict[str, bytes] = {}
-    with open(path, "rb") as f:
-        for name, data in tar_members(f):
-            k, _, ext = Path(name).name.partition(".")
-            if k != key and key is not None:
-                yield key, parts.get("npz"), parts.get("json")
-                parts = {}
-            key = k
-            parts[ext] = data
-    if key is not None:
-        yield key, parts.get("npz"), parts.get("json")
-
-
 def _load_models(tokenizer: str, lam: str | None, device: str) -> tuple[Any, Any]:
     from genie.models.io import load_model
 
@@ -100,7 +90,6 @@ def _tokenize_shard(
     """Tokenize every clip of the shard ``src`` into the token shard ``dst`` (written under a temporary name,
     then renamed); unreadable clips are counted and skipped, a shard cut short keeps the clips before the cut."""
     import tarfile
-    import time
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -108,11 +97,6 @@ def _tokenize_shard(
     counts = {"clips": 0, "bad_clips": 0, "truncated": 0}
     tmp = f"{dst}.tmp{os.getpid()}"
     pending: list[tuple[str, np.ndarray, dict[str, Any]]] = []
-
-    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), int(time.time()), 0o444
-        tar.addfile(info, io.BytesIO(data))
 
     def flush(tar: tarfile.TarFile) -> None:
         if not pending:
@@ -123,8 +107,10 @@ def _tokenize_shard(
             tokens = tok.encode(video).cpu().numpy()
             latent = lam_model.infer_actions(video).cpu().numpy() if lam_model is not None else None
         for i, (key, _, record) in enumerate(pending):
-            add(tar, f"{key}.{TOKENS_EXT}", encode_tokens(tokens[i], None if latent is None else latent[i]))
-            add(tar, f"{key}.json", json.dumps(record).encode())
+            add_member(
+                tar, f"{key}.{TOKENS_EXT}", encode_tokens(tokens[i], None if latent is None else latent[i])
+            )
+            add_member(tar, f"{key}.json", json.dumps(record).encode())
         counts["clips"] += len(pending)
         pending.clear()
 
@@ -132,7 +118,8 @@ def _tokenize_shard(
     try:
         with tarfile.open(tmp, "w") as tar:
             try:
-                for key, npz, meta in _clips(src):
+                for key, parts in shard_samples(src):
+                    npz, meta = parts.get("npz"), parts.get("json")
                     try:
                         if npz is None:
                             raise KeyError("no frames (.npz)")
