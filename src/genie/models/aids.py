@@ -1,18 +1,19 @@
 """Aids outside the paper: small modules that help small models trained briefly on CPU learn control.
 
-Each is off in the paper's configs and switched on by its model's config; the paper's path reads without them.
+Each is off in the paper's configs and switched on by its model's ``aids`` config; the paper's path reads
+without them.
 
-- :class:`CopyHead` (dynamics, ``copy_radius > 0``): each token's distribution becomes a mixture of the generated
+- :class:`CopyHead` (dynamics, ``aids.copy_radius > 0``): each token's distribution becomes a mixture of the generated
   one and copies of the previous frame's tokens at offsets within the radius, with the gate and the offset
   weights predicted from the token's hidden state (which carries the action). A scrolling world then needs only
   "which way did it move", not a table of shifted codes. The token-space analogue of the LAM's shift head.
-- :class:`WarpHead` (LAM decoder, ``warp_radius > 0`` with ``predict_residual``): per patch, a separable shift
+- :class:`WarpHead` (LAM decoder, ``aids.warp_radius > 0`` with ``aids.predict_residual``): per patch, a separable shift
   kernel of ``2r + 1`` taps horizontally and vertically (softmax weights, initialised to the identity) warps the
   last frame, and the residual head corrects the warped frame. Scrolling and moving sprites become a choice among
   a few shifts, which the action must select: an early, strong training signal for the latent.
-- :class:`MotionInput` (LAM encoder, ``motion_input``): each patch's difference to the same patch one frame
+- :class:`MotionInput` (LAM encoder, ``aids.motion_input``): each patch's difference to the same patch one frame
   earlier is embedded beside the patch, so motion is visible to the first layer.
-- :class:`VQWarmup` (LAM, ``vq_warmup_steps > 0``): for the first training steps the decoder reads the encoder's
+- :class:`VQWarmup` (LAM, ``aids.vq_warmup_steps > 0``): for the first training steps the decoder reads the encoder's
   continuous latent instead of its code, so the encoder learns what the decoder needs before the bottleneck closes.
 
 Their settings are one nested config per model, ``aids`` (:class:`LAMAids`, :class:`DynamicsAids`; all off by
