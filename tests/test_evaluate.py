@@ -17,6 +17,7 @@ from genie.metrics import (
     FrechetVideoDistance,
     fit_action_map,
     frechet_distance,
+    nmi_from_counts,
     probe_accuracy,
     random_actions,
 )
@@ -309,6 +310,17 @@ def test_lam_nmi_is_reported_with_its_floor_effects_and_ceiling(tmp_path: Path) 
     ev.update(batch)
     m = ev.compute()
     assert m["lam/transitions"] == batch["actions"].numel()
+    # the code x true-action table: its columns count the true actions, its rows the codes, its NMI is lam/nmi
+    table = torch.tensor(m["lam/contingency"])
+    true_counts = torch.bincount(batch["actions"].flatten())
+    assert torch.equal(table.sum(0), true_counts) and table.shape == (
+        lam.cfg.num_actions,
+        true_counts.numel(),
+    )
+    shares = table.sum(1).float() / table.sum()
+    assert torch.allclose(shares, torch.tensor(m["lam/code_share"]), atol=1e-4)
+    assert float(nmi_from_counts(table)) == pytest.approx(m["lam/nmi"], abs=1e-6)
+    assert "true action id (columns)" in markdown_table(m)
     assert 0 <= m["lam/nmi_shuffled"] <= 1 and 0 <= m["lam/nmi_effects"] <= 1
     assert m["lam/idm_labels"] == "effects" and m["lam/idm_nmi"] == 0.4
     assert m["lam/nmi_fraction"] == pytest.approx(m["lam/nmi_effects"] / 0.4)

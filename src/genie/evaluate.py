@@ -222,6 +222,9 @@ class Evaluator:
             if true.numel():
                 out["lam/nmi"] = float(self.nmi.compute())
                 out["lam/transitions"] = int(true.numel())
+                # which true actions each code stands for (rows: codes, columns: true action ids): what an
+                # NMI hides, e.g. two actions merged into one code
+                out["lam/contingency"] = self.nmi.counts[:, : int(true.max()) + 1].tolist()
                 out["lam/nmi_shuffled"] = shuffled_nmi(latent, true, self.cfg.seed)
                 if self.cfg.effects:
                     from genie.data.procgen import effect_ids
@@ -327,6 +330,14 @@ def markdown_table(metrics: dict[str, Any]) -> str:
             )
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         rows.append(f"| {label} | {text} | {note} |")
+    table = metrics.get("lam/contingency")
+    if table:
+        rows += ["", "Held-out transitions by latent code (rows) and true action id (columns):", ""]
+        rows += [
+            "| code | " + " | ".join(map(str, range(len(table[0])))) + " |",
+            "|---" * (len(table[0]) + 1) + "|",
+        ]
+        rows += [f"| {i} | " + " | ".join(map(str, row)) + " |" for i, row in enumerate(table) if any(row)]
     return "\n".join(rows) + "\n"
 
 
