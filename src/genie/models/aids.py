@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genie.nn.options import options_from
 from genie.nn.static_shapes import windows
 
 _Aids = TypeVar("_Aids", "LAMAids", "DynamicsAids")
@@ -104,14 +105,7 @@ class DynamicsAids:
 
 def as_aids(cls: type[_Aids], value: Any) -> _Aids:
     """``cls`` from itself or a mapping (YAML); an unknown key is one clear error."""
-    if isinstance(value, cls):
-        return value
-    values = dict(value or {})
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown aids option(s) {unknown}; valid options are {sorted(known)}")
-    return cls(**values)
+    return options_from(cls, value, "aids")
 
 
 class VQWarmup(nn.Module):

@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genie.nn.options import options_from
+
 
 @dataclass
 class QuantizerOutput:
@@ -58,14 +60,7 @@ class VQConfig:
 
 def as_vq_config(value: VQConfig | dict[str, Any] | None, **defaults: Any) -> VQConfig:
     """A :class:`VQConfig` from itself or a mapping (YAML), ``defaults`` under the mapping's values."""
-    if isinstance(value, VQConfig):
-        return value
-    values = {**defaults, **dict(value or {})}
-    known = set(VQConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown vq option(s) {unknown}; valid options are {sorted(known)}")
-    return VQConfig(**values)
+    return options_from(VQConfig, value, "vq", **defaults)
 
 
 class VectorQuantizer(nn.Module):
