@@ -109,15 +109,16 @@ _FLAT_AIDS = {
 }
 
 
-def _nest_aids(stage: str, values: dict[str, Any]) -> dict[str, Any]:
-    flat = [k for k in _FLAT_AIDS.get(stage, ()) if k in values]
-    if not flat:
+def _nest(values: dict[str, Any], group: str, names: dict[str, str]) -> dict[str, Any]:
+    """``values`` with its flat keys ``names`` (old -> new name) moved into the nested mapping ``group``."""
+    if not any(k in values for k in names):
         return values
     values = dict(values)
-    aids = dict(values.get("aids") or {})
-    for key in flat:
-        aids[key] = values.pop(key)
-    values["aids"] = aids
+    nested = dict(values.get(group) or {})
+    for old, new in names.items():
+        if old in values:
+            nested[new] = values.pop(old)
+    values[group] = nested
     return values
 
 
@@ -138,14 +139,8 @@ def _migrate(values: Any) -> Any:
     """Configs saved before ``qk_norm`` took names wrote it as a boolean: true meant ``"rms"``, false ``"none"``;
     before activation checkpointing became a policy (``genie.distributed``) an ST config carried
     ``checkpoint_activations`` (a training setting, dropped); before ``vq`` the quantiser's keys were flat."""
-    if isinstance(values, dict) and any(k in values for k in _FLAT_VQ):
-        values = dict(values)
-        vq = dict(values.get("vq") or {})
-        for old, new in _FLAT_VQ.items():
-            if old in values:
-                vq[new] = values.pop(old)
-        values["vq"] = vq
     if isinstance(values, dict):
+        values = _nest(values, "vq", _FLAT_VQ)
         return {
             k: (
                 {True: "rms", False: "none"}[v]
@@ -162,7 +157,7 @@ def _migrate(values: Any) -> Any:
 
 def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
     """A ``stage`` config from a plain mapping (a checkpoint's or a YAML file's), older spellings migrated."""
-    values = _nest_aids(stage, _migrate(values))
+    values = _nest(_migrate(values), "aids", {k: k for k in _FLAT_AIDS.get(stage, ())})
     cls = BUILDERS[stage][0]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
