@@ -171,3 +171,14 @@ def test_imitation_is_a_hydra_command_with_its_sizes_as_a_group(tmp_path: Path) 
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "lam_ckpt=" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_null_override_unsets_a_typed_value_and_a_wrong_type_is_still_refused() -> None:
+    from genie.config import compose_config
+    from genie.models import LAMConfig
+
+    cfg = compose_config(["+experiment=lam_tiny", "model.model.aids.window=null"])
+    assert cfg.model.model.aids.window is None
+    assert LAMConfig(**{k: v for k, v in cfg.model.model.items() if k != "_target_"}).aids.window is None
+    with pytest.raises(ValueError, match=r"aids.window takes a whole number \(the config has 2\)"):
+        compose_config(["+experiment=lam_tiny", "model.model.aids.window=abc"])

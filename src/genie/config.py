@@ -92,7 +92,7 @@ def _fits(kind: str, value: Any) -> bool:
         "a whole number": isinstance(value, int) and not isinstance(value, bool),
         "a number": isinstance(value, int | float) and not isinstance(value, bool),
         "a list like [a,b]": isinstance(value, ListConfig | list),
-        "a group of settings": isinstance(value, DictConfig | dict) or value is None,
+        "a group of settings": isinstance(value, DictConfig | dict),
     }[kind]
 
 
@@ -126,7 +126,8 @@ def check_value_types(cfg: DictConfig, overrides: Sequence[str], config_name: st
         except Exception:  # an interpolation that no longer resolves: the command reports it
             continue
         kind = _kind(before)
-        if kind is not None and not _fits(kind, after):
+        # null means "unset" (e.g. the LAM's aids.window=null: the whole clip); the config's own checks decide
+        if kind is not None and after is not None and not _fits(kind, after):
             shown = OmegaConf.to_container(before) if OmegaConf.is_config(before) else before
             raise ValueError(f"{raw}: {key} takes {kind} (the config has {str(shown)[:40]})")
 
