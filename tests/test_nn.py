@@ -584,3 +584,73 @@ def test_one_vq_config_for_tokenizer_and_lam_and_old_flat_keys_migrate() -> None
     assert LatentActionModel(lam).quantizer.l2_normalize
     with pytest.raises(ValueError, match="unknown vq option"):
         config_from_dict("lam", {"vq": {"l2": True}})
+
+
+def test_fsq_rounds_to_a_grid_with_indices_that_lookup_inverts() -> None:
+    from genie.nn import FiniteScalarQuantizer
+
+    fsq = FiniteScalarQuantizer([3, 2, 4])
+    assert (fsq.num_codes, fsq.code_dim) == (24, 3)
+    z = torch.randn(5000, 3)
+    out = fsq(z)
+    assert out.indices.min() >= 0 and out.indices.max() < 24
+    assert torch.equal(fsq.lookup(out.indices), out.z_q)  # the index names the grid point
+    assert len(torch.unique(out.indices)) == 24 and out.usage == 1.0  # every combination reachable
+    assert int(out.counts.sum()) == 5000 and float(out.loss) == 0.0
+    # each dimension takes exactly its number of levels, spread within [-1, 1]
+    for d, n in enumerate([3, 2, 4]):
+        values = torch.unique(out.z_q[:, d])
+        assert len(values) == n and values.min() >= -1 and values.max() <= 1
+    # odd levels are symmetric about 0; a latent near 0 picks the middle level
+    assert torch.equal(
+        FiniteScalarQuantizer([3]).lookup(torch.arange(3)).flatten(), torch.tensor([-1.0, 0.0, 1.0])
+    )
+    assert int(FiniteScalarQuantizer([3])(torch.zeros(1, 1)).indices) == 1
+
+
+def test_fsq_straight_through_gradient_and_relaxed_latent() -> None:
+    from genie.nn import FiniteScalarQuantizer
+
+    fsq = FiniteScalarQuantizer([5, 5])
+    z = (torch.randn(64, 2) * 0.5).requires_grad_()
+    out = fsq(z)
+    out.z_q.sum().backward()
+    assert z.grad is not None and bool((z.grad > 0).all())  # through the tanh bound, rounding skipped
+    relaxed = fsq.relax(z.detach())
+    assert (relaxed - out.z_q.detach()).abs().max() <= 0.5 / 2 + 1e-6  # within half a level (1/2 apart)
+
+
+def test_fsq_config_builds_the_fsq_and_names_a_size_mismatch() -> None:
+    from genie.nn import FiniteScalarQuantizer, VQConfig, quantizer_from_config
+
+    assert isinstance(quantizer_from_config(9, 2, VQConfig(kind="fsq", levels=[3, 3])), FiniteScalarQuantizer)
+    with pytest.raises(ValueError, match=r"make 9 codes of width 2, but the model has 8 codes of width 32"):
+        quantizer_from_config(8, 32, VQConfig(kind="fsq", levels=[3, 3]))
+    with pytest.raises(ValueError, match=r"vq\.kind=fsq needs vq\.levels"):
+        VQConfig(kind="fsq")
+    with pytest.raises(ValueError, match=r"vq\.kind must be 'vq' or 'fsq'"):
+        VQConfig(kind="lfq")
+
+
+def test_lam_with_fsq_trains_its_params_count_and_uses_codes() -> None:
+    from genie.models import LAMConfig, LatentActionModel
+
+    st = {"dim": 32, "depth": 1, "num_heads": 2}
+    cfg = LAMConfig(
+        image_size=(16, 16),
+        patch=8,
+        num_actions=9,
+        latent_dim=2,
+        encoder=st,
+        decoder=st,
+        vq={"kind": "fsq", "levels": [3, 3]},
+        aids={"vq_warmup_steps": 2},
+    )
+    lam = LatentActionModel(cfg)
+    assert sum(p.numel() for p in lam.parameters()) == cfg.num_params()
+    x = torch.rand(4, 3, 3, 16, 16)
+    for _ in range(3):  # two warm-up steps on the relaxed latent, then the grid
+        out = lam(x)
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and out.actions.max() < 9
+    assert lam.to_latent.weight.grad is not None and lam.to_latent.weight.grad.abs().sum() > 0

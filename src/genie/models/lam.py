@@ -107,7 +107,7 @@ class LAMConfig(PatchGeometry):
             + embeds
             + de  # the action query token
             + (de + 1) * a  # to latent
-            + self.num_actions * a  # codebook
+            + (self.num_actions * a if self.vq.kind == "vq" else 0)  # codebook (fsq has none)
             + (a + 1) * dd  # latent to decoder
             + (dd if self.aids.decoder_mask_rate > 0 else 0)  # decoder mask token
             + ((self.channels * self.patch**2 + 1) * de if self.aids.motion_input else 0)
@@ -286,7 +286,7 @@ class LatentActionModel(nn.Module):
         vq = self.quantizer(z)
         rate = self.cfg.aids.decoder_mask_rate if self.training else 0.0
         if self.vq_warmup is not None and self.vq_warmup.active:
-            latent = F.normalize(z, dim=-1) if self.cfg.vq.l2_normalize else z
+            latent = self.quantizer.relax(z)
             vq_loss = vq.codebook_loss  # codes follow the latents; nothing pulls the latents to the codes yet
         else:
             latent, vq_loss = vq.z_q, vq.loss

@@ -13,7 +13,14 @@ from genie.nn.embed import (
     unpatchify,
 )
 from genie.nn.graph import CapturedStep
-from genie.nn.quantize import QuantizerOutput, VectorQuantizer, VQConfig, as_vq_config, quantizer_from_config
+from genie.nn.quantize import (
+    FiniteScalarQuantizer,
+    QuantizerOutput,
+    VectorQuantizer,
+    VQConfig,
+    as_vq_config,
+    quantizer_from_config,
+)
 from genie.nn.st_block import (
     MLP,
     STBlock,
@@ -29,6 +36,7 @@ __all__ = [
     "MLP",
     "Attention",
     "CapturedStep",
+    "FiniteScalarQuantizer",
     "KVCache",
     "KVCacheLayer",
     "LearnedPositions",

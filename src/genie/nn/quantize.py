@@ -4,6 +4,10 @@ One quantiser serves the tokenizer (1024 codes × 32) and the latent action mode
 Collapse — a few codes doing all the work — is the commonest failure of public Genie reimplementations,
 so every call reports usage and perplexity, and codes unused for ``dead_code_steps`` training steps are
 restarted on encoder outputs from the current batch.
+
+``kind: fsq`` swaps in finite scalar quantisation (Mentzer et al. 2023, :class:`FiniteScalarQuantizer`): each
+of a few latent dimensions is bounded and rounded to a handful of levels; the codes are the grid of level
+combinations, so there is no codebook to collapse and no restart to tune.
 """
 
 from __future__ import annotations
@@ -47,8 +51,21 @@ class VQConfig:
     restart: str = (
         "uniform"  # dead codes restart on random inputs ("uniform") or weighted by VQ error ("error")
     )
+    # "vq": the nearest of a learned codebook (the paper); "fsq": finite scalar quantisation over ``levels``
+    # (the fields above do not apply to it)
+    kind: str = "vq"
+    # fsq: levels per latent dimension; their product is the number of codes, their count the code width
+    levels: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.kind not in ("vq", "fsq"):
+            raise ValueError(f"vq.kind must be 'vq' or 'fsq', got {self.kind!r}")
+        if self.kind == "fsq" and (not self.levels or any(int(n) < 2 for n in self.levels)):
+            raise ValueError(
+                f"vq.kind=fsq needs vq.levels, a list of levels >= 2 per dimension, got {self.levels}"
+            )
+        if self.levels is not None:
+            self.levels = [int(n) for n in self.levels]
         if self.restart not in ("uniform", "error"):
             raise ValueError(f"vq.restart must be 'uniform' or 'error', got {self.restart!r}")
         if self.dead_code_steps < 0 or not 0.0 < self.ema_decay < 1.0 or self.beta < 0:
@@ -125,6 +142,11 @@ class VectorQuantizer(nn.Module):
         if use_ema:
             self.register_buffer("ema_count", torch.ones(num_codes))
             self.register_buffer("ema_sum", embed.clone())
+
+    def relax(self, z: Tensor) -> Tensor:
+        """The continuous stand-in for a code (a warm-up before the bottleneck closes): ``z`` as the look-up
+        sees it."""
+        return F.normalize(z, dim=-1) if self.l2_normalize else z
 
     def codes(self) -> Tensor:
         """The codebook as used for look-up: ``codes_KD``."""
@@ -262,10 +284,93 @@ class VectorQuantizer(nn.Module):
         self._set_codes(dead_K, new_KD)
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """Finite scalar quantisation (FSQ, Mentzer et al. 2023) over the last axis, one dimension per entry of
+    ``levels``: each coordinate is bounded by a tanh to the range of its ``L`` levels and rounded
+    (straight-through), so the codes are the ``prod(levels)`` points of a fixed grid in [-1, 1]^D. Nothing is
+    learned here: no codebook to collapse, no commitment loss, no dead codes (the losses are zero; usage and
+    perplexity are reported as by :class:`VectorQuantizer`)."""
+
+    half_span: Tensor
+    offset: Tensor
+    basis: Tensor
+
+    def __init__(self, levels: list[int]) -> None:
+        super().__init__()
+        if not levels or any(n < 2 for n in levels):
+            raise ValueError(f"FSQ needs levels >= 2 per dimension, got {levels}")
+        self.levels = [int(n) for n in levels]
+        self.code_dim = len(levels)
+        self.num_codes = 1
+        for n in levels:
+            self.num_codes *= n
+        lv = torch.tensor(self.levels, dtype=torch.float32)
+        # levels sit at integers (odd L) or half-integers (even L) within +-(L-1)/2, the bins equally wide
+        self.register_buffer("half_span", (lv - 1) / 2, persistent=False)
+        self.register_buffer("offset", (lv % 2 == 0).float() / 2, persistent=False)
+        basis = torch.cumprod(torch.tensor([1, *self.levels[:-1]]), 0)
+        self.register_buffer("basis", basis, persistent=False)
+
+    def _bound(self, z: Tensor) -> Tensor:
+        """Each coordinate squashed into (-L/2, L/2): L bins of width 1, symmetric about 0."""
+        return torch.tanh(z) * (self.half_span + 0.5)
+
+    def relax(self, z: Tensor) -> Tensor:
+        """The bounded, unrounded latent on the codes' scale."""
+        return self._bound(z.float()) / self.half_span
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        if z.shape[-1] != self.code_dim:
+            raise ValueError(f"FSQ expects vectors of size {self.code_dim} on the last axis, got {z.shape}")
+        lead = z.shape[:-1]
+        with torch.autocast(device_type="cpu" if z.device.type == "meta" else z.device.type, enabled=False):
+            bounded = self._bound(z.float())
+            level = ((bounded - self.offset).round() + self.offset).clamp(-self.half_span, self.half_span)
+            z_q = (bounded + (level - bounded).detach()) / self.half_span  # straight-through rounding
+            digits = (level + self.half_span).round().long()  # 0 .. L-1 per dimension
+            idx = (digits * self.basis).sum(-1)
+            idx_N = idx.reshape(-1)
+            counts_K = torch.zeros(self.num_codes, device=z.device).index_add_(
+                0, idx_N, torch.ones_like(idx_N, dtype=torch.float32)
+            )
+            probs_K = counts_K / counts_K.sum().clamp_min(1)
+            zero = torch.zeros((), device=z.device)
+        return QuantizerOutput(
+            z_q=z_q.to(z.dtype),
+            indices=idx.reshape(lead),
+            loss=zero,
+            codebook_loss=zero,
+            commitment_loss=zero,
+            perplexity=torch.exp(-(probs_K * torch.log(probs_K + 1e-10)).sum()),
+            usage=(counts_K > 0).float().mean(),
+            counts=counts_K,
+        )
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code vectors for ``indices`` of any shape: returns ``indices.shape + (D,)``."""
+        lv = torch.tensor(self.levels, device=indices.device)
+        digits = (indices[..., None] // self.basis) % lv
+        return (digits - self.half_span) / self.half_span
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def quantizer_from_config(num_codes: int, code_dim: int, cfg: VQConfig) -> VectorQuantizer:
-    """The :class:`VectorQuantizer` a model with ``num_codes`` codes of ``code_dim`` builds from its ``vq`` config."""
-    return VectorQuantizer(num_codes, code_dim, **asdict(cfg))
+def quantizer_from_config(
+    num_codes: int, code_dim: int, cfg: VQConfig
+) -> VectorQuantizer | FiniteScalarQuantizer:
+    """The quantiser a model with ``num_codes`` codes of ``code_dim`` builds from its ``vq`` config."""
+    if cfg.kind == "fsq":
+        levels = cfg.levels or []
+        fsq = FiniteScalarQuantizer(levels)
+        if (fsq.num_codes, fsq.code_dim) != (num_codes, code_dim):
+            raise ValueError(
+                f"vq.levels={levels} make {fsq.num_codes} codes of width {fsq.code_dim}, but the model has "
+                f"{num_codes} codes of width {code_dim}: set the code count to the levels' product and the "
+                "code width to their count"
+            )
+        return fsq
+    options = asdict(cfg)
+    del options["kind"], options["levels"]
+    return VectorQuantizer(num_codes, code_dim, **options)
