@@ -370,3 +370,45 @@ def test_paper_play_limit_counts_the_paper_model_and_measures_at_tiny_dims() -> 
     )  # fmt: skip
     assert r["tokens_per_frame"] == 920 and r["frames_per_s"] > 0 and r["dtype"] == "bfloat16"
     assert r["fraction_of_limit"] == pytest.approx(r["frames_per_s"] / (1e11 / r["flops_per_frame"]))
+
+
+def test_onexgpt_comparison_loads_a_checkout_beside_our_genie_and_times_both(tmp_path: Path) -> None:
+    """The 1xgpt row of the benchmark: a checkout's ``genie`` package (here a small stand-in with 1xgpt's
+    module layout, imports and ``generate`` signature) loads without replacing ours, and both sides are timed."""
+    import genie as ours
+
+    pkg = tmp_path / "checkout" / "genie"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text(
+        "from dataclasses import dataclass\n"
+        "@dataclass\nclass GenieConfig:\n    num_layers: int\n    num_heads: int\n    d_model: int\n"
+        "    T: int = 16\n    S: int = 256\n    image_vocab_size: int = 1024\n"
+    )
+    (pkg / "st_mask_git.py").write_text(
+        "import torch, mup\nfrom tqdm import tqdm\nfrom xformers.ops import LowerTriangularMask\n"
+        "from transformers.utils import ModelOutput\nfrom huggingface_hub import PyTorchModelHubMixin\n"
+        "from genie.config import GenieConfig\n"
+        "class STMaskGIT(torch.nn.Module, PyTorchModelHubMixin):\n"
+        "    def __init__(self, config):\n        super().__init__()\n        self.config = config\n"
+        "    def generate(self, input_ids, attention_mask, max_new_tokens, maskgit_steps=1, temperature=0.0):\n"
+        "        for _ in tqdm(range(maskgit_steps)):\n            pass\n"
+        "        return torch.cat((input_ids, input_ids[:, :max_new_tokens]), 1)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        from benchmark.onexgpt import load_stmaskgit, play_vs_onexgpt
+    finally:
+        sys.path.remove(str(root / "tools"))
+    stmaskgit, config = load_stmaskgit(pkg.parent)
+    assert stmaskgit.__module__ == "genie.st_mask_git" and config.__name__ == "GenieConfig"
+    import genie
+
+    assert genie is ours and genie.__file__ == ours.__file__
+    assert "genie.st_mask_git" not in sys.modules  # theirs is gone from the module table again
+    result = play_vs_onexgpt(pkg.parent, quick=True)
+    assert result["genie_fps"] > 0 and result["onexgpt_fps"] > 0
+    assert result["ratio"] == pytest.approx(result["genie_fps"] / result["onexgpt_fps"])
+    with pytest.raises(SystemExit, match=r"no genie/st_mask_git\.py there"):
+        load_stmaskgit(tmp_path)

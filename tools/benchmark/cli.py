@@ -12,6 +12,7 @@ import torch
 from .attention import st_vs_full, st_vs_full_paper_grid
 from .data import data_rate
 from .gpu import gpu_main
+from .onexgpt import play_vs_onexgpt
 from .play import cpu_bf16, play_speed
 from .train import dynamics_step, stage_step, tokenizer_step
 
@@ -31,8 +32,22 @@ def main() -> None:
         "--paper-play-only", action="store_true",
         help="with --device cuda: only dynamics_2_7b / dynamics_11b play against the compute limit",
     )  # fmt: skip
+    p.add_argument(
+        "--onexgpt", metavar="PATH",
+        help="a 1xgpt checkout: add play against its STMaskGIT at its small dims (genie / 1xgpt)",
+    )  # fmt: skip
+    p.add_argument("--onexgpt-only", action="store_true", help="with --onexgpt: only that figure")
     a = p.parse_args()
     torch.manual_seed(0)
+    if a.onexgpt_only:
+        if not a.onexgpt:
+            raise SystemExit("error: --onexgpt-only needs --onexgpt PATH (a 1xgpt checkout)")
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        vs = play_vs_onexgpt(a.onexgpt, a.quick)
+        (out / "onexgpt.json").write_text(json.dumps(vs, indent=2))
+        print(onexgpt_row(vs))
+        return
     if a.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(
@@ -73,6 +88,7 @@ def main() -> None:
         stage_step("dynamics", dims, a.quick, tokens=True)
         for dims in (("tiny",) if a.quick else ("tiny", "coinrun"))
     ]
+    vs_onexgpt = play_vs_onexgpt(a.onexgpt, a.quick) if a.onexgpt else None
     # against the stage that consumes clips fastest (each reads whole 16-frame clips from the stream)
     data = data_rate(a.quick, max(r["clips_per_s"] for r in stages if r["dims"] == "tiny"))
     result = {
@@ -93,6 +109,7 @@ def main() -> None:
         "play_compiled_bf16": play_bf16,
         "cpu_bf16_units": cpu_bf16(),
         "play_coinrun_dims": play_coinrun,
+        "play_vs_onexgpt": vs_onexgpt,
         "data": data,
     }
     out = Path(a.out)
@@ -178,6 +195,7 @@ def main() -> None:
             if play_coinrun
             else []
         ),
+        *([onexgpt_row(vs_onexgpt)] if vs_onexgpt else []),
         f"| data: streamed / consumed by the fastest train step | {data['stream_clips_per_s']:.0f} / {data['train_clips_per_s']:.0f} "
         f"clips/s = {data['ratio']:.1f}× (target ≥ 5×) |",
     ]
@@ -185,3 +203,11 @@ def main() -> None:
     (out / "benchmark.md").write_text(table + "\n")
     print(table)
     print(f"\nwritten: {out / 'benchmark.json'}, {out / 'benchmark.md'}")
+
+
+def onexgpt_row(vs: dict[str, float]) -> str:
+    """The markdown row of :func:`~benchmark.onexgpt.play_vs_onexgpt`."""
+    return (
+        "| play at 1xgpt's small dims (d 256 × 4, 8×8 tokens, 25 steps, 16 frames): genie's defaults / 1xgpt's "
+        f"`STMaskGIT` | {vs['genie_fps']:.2f} / {vs['onexgpt_fps']:.2f} frames/s = {vs['ratio']:.1f}× (target ≥ 10×) |"
+    )
