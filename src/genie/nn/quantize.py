@@ -12,6 +12,7 @@ combinations, so there is no codebook to collapse and no restart to tune.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -189,9 +190,7 @@ class VectorQuantizer(nn.Module):
                 codebook_loss = F.mse_loss(q_ND, z_ND.detach())
             loss = codebook_loss + self.beta * commitment
 
-            probs_K = counts_K / counts_K.sum().clamp_min(1)
-            perplexity = torch.exp(-(probs_K * torch.log(probs_K + 1e-10)).sum())
-            usage = (counts_K > 0).float().mean()
+            perplexity, usage = _usage(counts_K)
             if self.training and self.dead_code_steps > 0:
                 err_N = (z_ND - q_ND).detach().pow(2).sum(-1) if self.restart == "error" else None
                 self._restart_dead_codes(z_ND.detach(), counts_K, err_N)
@@ -301,9 +300,7 @@ class FiniteScalarQuantizer(nn.Module):
             raise ValueError(f"FSQ needs levels >= 2 per dimension, got {levels}")
         self.levels = [int(n) for n in levels]
         self.code_dim = len(levels)
-        self.num_codes = 1
-        for n in levels:
-            self.num_codes *= n
+        self.num_codes = math.prod(self.levels)
         lv = torch.tensor(self.levels, dtype=torch.float32)
         # levels sit at integers (odd L) or half-integers (even L) within +-(L-1)/2, the bins equally wide
         self.register_buffer("half_span", (lv - 1) / 2, persistent=False)
@@ -333,7 +330,7 @@ class FiniteScalarQuantizer(nn.Module):
             counts_K = torch.zeros(self.num_codes, device=z.device).index_add_(
                 0, idx_N, torch.ones_like(idx_N, dtype=torch.float32)
             )
-            probs_K = counts_K / counts_K.sum().clamp_min(1)
+            perplexity, usage = _usage(counts_K)
             zero = torch.zeros((), device=z.device)
         return QuantizerOutput(
             z_q=z_q.to(z.dtype),
@@ -341,8 +338,8 @@ class FiniteScalarQuantizer(nn.Module):
             loss=zero,
             codebook_loss=zero,
             commitment_loss=zero,
-            perplexity=torch.exp(-(probs_K * torch.log(probs_K + 1e-10)).sum()),
-            usage=(counts_K > 0).float().mean(),
+            perplexity=perplexity,
+            usage=usage,
             counts=counts_K,
         )
 
@@ -351,6 +348,12 @@ class FiniteScalarQuantizer(nn.Module):
         lv = torch.tensor(self.levels, device=indices.device)
         digits = (indices[..., None] // self.basis) % lv
         return (digits - self.half_span) / self.half_span
+
+
+def _usage(counts_K: Tensor) -> tuple[Tensor, Tensor]:
+    """A batch's code histogram as (perplexity: exp of its entropy, usage: the fraction of codes picked)."""
+    probs_K = counts_K / counts_K.sum().clamp_min(1)
+    return torch.exp(-(probs_K * torch.log(probs_K + 1e-10)).sum()), (counts_K > 0).float().mean()
 
 
 def _distributed() -> bool:
