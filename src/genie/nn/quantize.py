@@ -176,10 +176,7 @@ class VectorQuantizer(nn.Module):
             )
             idx_N = dist_NK.argmin(-1)
             q_ND = F.embedding(idx_N, codes_KD)
-            # (index_add rather than bincount: the same counts, and it also runs on meta tensors for memory plans)
-            counts_K = torch.zeros(self.num_codes, device=z_ND.device).index_add_(
-                0, idx_N, torch.ones_like(idx_N, dtype=torch.float32)
-            )
+            counts_K = _histogram(idx_N, self.num_codes)
 
             commitment = F.mse_loss(z_ND, q_ND.detach())
             if self.use_ema:
@@ -327,9 +324,7 @@ class FiniteScalarQuantizer(nn.Module):
             digits = (level + self.half_span).round().long()  # 0 .. L-1 per dimension
             idx = (digits * self.basis).sum(-1)
             idx_N = idx.reshape(-1)
-            counts_K = torch.zeros(self.num_codes, device=z.device).index_add_(
-                0, idx_N, torch.ones_like(idx_N, dtype=torch.float32)
-            )
+            counts_K = _histogram(idx_N, self.num_codes)
             perplexity, usage = _usage(counts_K)
             zero = torch.zeros((), device=z.device)
         return QuantizerOutput(
@@ -348,6 +343,14 @@ class FiniteScalarQuantizer(nn.Module):
         lv = torch.tensor(self.levels, device=indices.device)
         digits = (indices[..., None] // self.basis) % lv
         return (digits - self.half_span) / self.half_span
+
+
+def _histogram(idx_N: Tensor, num_codes: int) -> Tensor:
+    """How often each of ``num_codes`` codes was picked, ``counts_K`` (float). index_add rather than bincount: the
+    same counts, and it also runs on meta tensors for memory plans."""
+    return torch.zeros(num_codes, device=idx_N.device).index_add_(
+        0, idx_N, torch.ones_like(idx_N, dtype=torch.float32)
+    )
 
 
 def _usage(counts_K: Tensor) -> tuple[Tensor, Tensor]:
