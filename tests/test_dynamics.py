@@ -467,7 +467,7 @@ def test_cuda_graph_rollout_replays_the_plain_frames_on_gpu() -> None:
     assert cache is not None and int(cache.position_tensor(torch.device("cuda"))) == cache.position == 11
 
 
-def test_compiled_blocks_share_one_graph_whatever_the_depth() -> None:
+def test_compiled_blocks_share_one_graph_whatever_the_depth(compiles: None) -> None:
     """``sampling.compile``: the cache's per-layer view does not make the compiled code depend on the layer,
     so the ST blocks of a model share one graph (dynamo recompiles at most 8 times per function: with one
     graph per block, a 12-block model's last blocks ran eagerly)."""
@@ -500,3 +500,34 @@ def test_failed_cuda_graph_capture_names_the_way_out_on_gpu() -> None:
     assert torch.equal(step(), torch.full((3,), 3.0, device="cuda"))  # the warm-up runs it eagerly
     with pytest.raises(RuntimeError, match=r"sampling.cuda_graph=false"):
         step()
+
+
+def test_auto_compile_compiles_where_a_compiler_exists(
+    compiles: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sampling.compile: auto`` (the default) compiles the blocks where torch.compile has a compiler for the
+    model's device, runs eagerly where it has none or where torch.compile is switched off; other values are
+    refused in one line."""
+    import genie.models.sampling as sampling
+    from genie.nn.st_block import STBlock
+
+    cfg = DynamicsConfig(num_codes=32, grid=(3, 4), num_actions=4, transformer={"dim": 32, "depth": 1})
+    assert SamplingConfig().compile == "auto"
+    monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
+    model = DynamicsModel(cfg).eval()
+    assert Rollout(model, SamplingConfig()).compiles
+    assert all(
+        getattr(b, "_compiled_call_impl", None) is not None for b in model.modules() if isinstance(b, STBlock)
+    )
+    monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: False)
+    model = DynamicsModel(cfg).eval()
+    assert not Rollout(model, SamplingConfig()).compiles
+    assert all(
+        getattr(b, "_compiled_call_impl", None) is None for b in model.modules() if isinstance(b, STBlock)
+    )
+    assert Rollout(DynamicsModel(cfg).eval(), SamplingConfig(compile=True)).compiles  # true insists
+    monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
+    with torch._dynamo.config.patch(disable=True):  # TORCH_COMPILE_DISABLE=1
+        assert not SamplingConfig().compiles("cpu")
+    with pytest.raises(ValueError, match="sampling compile must be true, false or auto, got 'yes'"):
+        SamplingConfig(compile="yes")

@@ -56,7 +56,7 @@ def test_seeded_sessions_are_reproducible_and_actions_matter() -> None:
     assert not torch.equal(a, c)
 
 
-def test_compiled_sampling_matches_eager_and_compiles_once() -> None:
+def test_compiled_sampling_matches_eager_and_compiles_once(compiles: None) -> None:
     """``sampling.compile``: the blocks run compiled once the window is full (one graph for all layers, no
     recompiles as the session goes on) and give the eager session's frames. (The recompute path,
     ``use_cache=False``, runs compiled in ``make bench``.)"""
@@ -157,10 +157,11 @@ def test_param_count_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("compile", [False, True])
-def test_cuda_graph_sessions_give_the_plain_frames(compile: bool) -> None:
+def test_cuda_graph_sessions_give_the_plain_frames(compile: bool, request: pytest.FixtureRequest) -> None:
     """``sampling.cuda_graph`` (the default) runs full-window steps - the dynamics' MaskGIT fill and the
     decoder's frame - through CapturedSteps; on a CPU they are called directly and give the same frames."""
     if compile:
+        request.getfixturevalue("compiles")
         torch._dynamo.reset()
     plain, graphed = tiny_genie(), tiny_genie()
     plain.sampling = SamplingConfig(

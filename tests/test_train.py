@@ -410,5 +410,7 @@ def test_onexgpt_comparison_loads_a_checkout_beside_our_genie_and_times_both(tmp
     result = play_vs_onexgpt(pkg.parent, quick=True)
     assert result["genie_fps"] > 0 and result["onexgpt_fps"] > 0
     assert result["ratio"] == pytest.approx(result["genie_fps"] / result["onexgpt_fps"])
+    assert result["eager_ratio"] == pytest.approx(result["genie_eager_fps"] / result["onexgpt_fps"])
+    assert not result["genie_compiled"]  # (the suite runs with torch.compile off)
     with pytest.raises(SystemExit, match=r"no genie/st_mask_git\.py there"):
         load_stmaskgit(tmp_path)

@@ -8,8 +8,9 @@ CPU it runs its plain attention (``XFORMERS_DISABLED``), no muP, no hub.
 
 Both sides generate the 16th frame of a 16-frame window (15 context frames) from random weights, 25 steps,
 temperature 1, batch 1: genie's :class:`~genie.models.sampling.Rollout` with its defaults (the KV cache;
-``sampling.compile`` off) against ``STMaskGIT.generate``. Rounds alternate between the two so that a drift in
-this machine's speed moves both figures and not their ratio.
+``sampling.compile: auto``, so compiled blocks where a compiler exists) and eagerly (``compile=False``) against
+``STMaskGIT.generate``. Rounds alternate between them so that a drift in this machine's speed moves all figures
+and not their ratios.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ def load_stmaskgit(checkout: str | Path) -> tuple[Any, Any]:
 
 
 def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]:
-    """Frames/s of genie's default cached rollout and of 1xgpt's ``generate`` at 1xgpt's small dims."""
+    """Frames/s of genie's default cached rollout (and of the same run eagerly) and of 1xgpt's ``generate``
+    at 1xgpt's small dims."""
     from genie.models.dynamics import DynamicsConfig, DynamicsModel
-    from genie.models.sampling import Rollout, SamplingConfig
+    from genie.models.sampling import Rollout, SamplingConfig, compiler_available
 
     STMaskGIT, GenieConfig = load_stmaskgit(checkout)
     d = DIMS
@@ -114,41 +116,46 @@ def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]
         )
     ).eval()
     st = {"dim": d["dim"], "depth": d["layers"], "num_heads": d["heads"]}
-    ours = DynamicsModel(
-        DynamicsConfig(num_codes=d["codes"], grid=(d["side"], d["side"]), num_actions=8, transformer=st)
-    ).eval()
+    cfg = DynamicsConfig(num_codes=d["codes"], grid=(d["side"], d["side"]), num_actions=8, transformer=st)
     prompt = torch.randint(0, d["codes"], (1, t - 1, d["side"], d["side"]))
 
-    rollout = Rollout(ours, SamplingConfig(steps=25, temperature=1.0, context_frames=t))
-    rollout.start(prompt, torch.zeros(1, t - 2, dtype=torch.long))
-    gen = torch.Generator().manual_seed(0)
+    def genie_player(**sampling: Any) -> Any:
+        torch.manual_seed(0)  # the same weights for both rollouts
+        rollout = Rollout(
+            DynamicsModel(cfg).eval(), SamplingConfig(steps=25, temperature=1.0, context_frames=t, **sampling)
+        )
+        rollout.start(prompt, torch.zeros(1, t - 2, dtype=torch.long))
+        gen = torch.Generator().manual_seed(0)
+        return lambda: rollout.step(torch.zeros(1, dtype=torch.long), gen)
 
-    def genie_frame() -> None:
-        rollout.step(torch.zeros(1, dtype=torch.long), gen)
+    genie_frame, genie_eager_frame = genie_player(), genie_player(compile=False)
 
     flat = prompt.reshape(1, -1)
 
     def onexgpt_frame() -> None:
         theirs.generate(flat, None, max_new_tokens=s, maskgit_steps=25, temperature=1.0)
 
+    players = {"genie": genie_frame, "genie_eager": genie_eager_frame, "onexgpt": onexgpt_frame}
     with torch.no_grad():
-        for fn in (genie_frame, onexgpt_frame):  # warm-up
+        for fn in players.values():  # warm-up (genie's compile, where it compiles)
             fn()
         rounds = 1 if quick else 3
-        per = {"genie": 2 if quick else 6, "onexgpt": 1 if quick else 2}
-        seconds: dict[str, list[float]] = {"genie": [], "onexgpt": []}
+        per = {"genie": 2 if quick else 6, "genie_eager": 2 if quick else 6, "onexgpt": 1 if quick else 2}
+        seconds: dict[str, list[float]] = {name: [] for name in players}
         for _ in range(rounds):
-            for name, fn in (("genie", genie_frame), ("onexgpt", onexgpt_frame)):
+            for name, fn in players.items():
                 start = time.perf_counter()
                 for _ in range(per[name]):
                     fn()
                 seconds[name].append((time.perf_counter() - start) / per[name])
-    genie_fps = 1 / statistics.median(seconds["genie"])
-    onexgpt_fps = 1 / statistics.median(seconds["onexgpt"])
+    fps = {name: 1 / statistics.median(s) for name, s in seconds.items()}
     return {
         "dims": dict(DIMS),
-        "genie_fps": genie_fps,
-        "onexgpt_fps": onexgpt_fps,
-        "ratio": genie_fps / onexgpt_fps,
+        "genie_fps": fps["genie"],
+        "genie_eager_fps": fps["genie_eager"],
+        "genie_compiled": compiler_available("cpu"),
+        "onexgpt_fps": fps["onexgpt"],
+        "ratio": fps["genie"] / fps["onexgpt"],
+        "eager_ratio": fps["genie_eager"] / fps["onexgpt"],
         "threads": torch.get_num_threads(),
     }

@@ -65,7 +65,9 @@ def paper_play(
     gpu = device.startswith("cuda")
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    rollout = Rollout(model, SamplingConfig(steps=steps, context_frames=context_frames, cuda_graph=gpu))
+    rollout = Rollout(
+        model, SamplingConfig(steps=steps, context_frames=context_frames, compile=False, cuda_graph=gpu)
+    )
     past = context_frames - 1
     with torch.device(device):
         rollout.start(

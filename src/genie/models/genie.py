@@ -223,7 +223,7 @@ class Genie(nn.Module):
             )
         tokens = self.tokenizer.encode(video)
         self._rollout = Rollout(self.dynamics, self.sampling)
-        if self.sampling.compile:  # (the dynamics' blocks: by the Rollout)
+        if self._rollout.compiles:  # (the dynamics' blocks: by the Rollout)
             compile_blocks(self.tokenizer.decoder, dynamic=False)
         self._rollout.start(tokens, prompt_actions)
         dec = self.tokenizer.cfg.dec

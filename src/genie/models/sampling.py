@@ -9,7 +9,11 @@ blocks, the CUDA-graph step, autocast.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import math
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +41,8 @@ class SamplingConfig:
     (the dynamics model's and, in :class:`~genie.models.Genie`, the tokenizer decoder's) through
     ``torch.compile`` once the context window is full: a one-off compile of seconds, then faster steps
     (while the window fills, steps run eagerly; needs torch >= 2.6 and, on a CPU, a C++ compiler).
+    ``"auto"`` (the default) compiles where a compiler exists (a C++ compiler for the CPU, Triton for CUDA)
+    and runs eagerly elsewhere; ``true`` insists, ``false`` never compiles.
     ``cuda_graph`` (with the cache, on a CUDA device, rotary or no positions) records a whole frame's
     generation - every MaskGIT pass and the cache update - as one CUDA graph once the window is full, and
     replays it for every later frame: the same frames, without launching each of its many small kernels
@@ -53,7 +59,7 @@ class SamplingConfig:
     confidence_noise: float = 0.0
     context_frames: int = 16
     use_cache: bool = True
-    compile: bool = False
+    compile: bool | str = "auto"
     cuda_graph: bool = True
     precision: str = "fp32"
 
@@ -73,6 +79,8 @@ class SamplingConfig:
             raise ValueError(
                 f"sampling precision must be one of {sorted(_AUTOCAST_DTYPES)}, got {self.precision!r}"
             )
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"sampling compile must be true, false or auto, got {self.compile!r}")
         if self.steps < 1:
             raise ValueError(f"sampling steps must be >= 1, got {self.steps}")
         if self.temperature < 0:
@@ -83,6 +91,13 @@ class SamplingConfig:
             raise ValueError(
                 f"context_frames must be >= 2 (a past frame and the new one), got {self.context_frames}"
             )
+
+    def compiles(self, device: torch.device | str) -> bool:
+        """Whether generation on ``device`` runs compiled blocks: ``compile``, with ``"auto"`` resolved to
+        whether ``torch.compile`` has a compiler there."""
+        if self.compile == "auto":
+            return compiler_available(torch.device(device).type)
+        return bool(self.compile)
 
     def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
         """The ``precision``'s autocast context on ``device`` (nothing for fp32)."""
@@ -104,6 +119,26 @@ _AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
+
+
+def compiler_available(device_type: str) -> bool:
+    """Whether ``torch.compile``'s default backend can build kernels for ``device_type`` here: a C++ compiler
+    for the CPU (``$CXX``, else ``c++``/``g++``/``clang++`` on the PATH), Triton for CUDA; torch >= 2.6
+    (``torch.compiler.set_stance``, which generation uses to compile only the full-window steps); and
+    torch.compile not switched off (``TORCH_COMPILE_DISABLE=1``)."""
+    if getattr(torch.compiler, "set_stance", None) is None or torch._dynamo.config.disable:
+        return False
+    return _has_compiler(device_type)
+
+
+@functools.cache
+def _has_compiler(device_type: str) -> bool:
+    if device_type == "cpu":
+        names = [os.environ.get("CXX", ""), "c++", "g++", "clang++"]
+        return any(name and shutil.which(name) for name in names)
+    if device_type == "cuda":
+        return importlib.util.find_spec("triton") is not None
+    return False
 
 
 def maskgit_schedule(num_tokens: int, steps: int) -> list[int]:
@@ -253,7 +288,9 @@ class Rollout:
         self._captured: CapturedStep | None = None
         self._static: dict[str, Tensor] = {}  # the captured step's inputs
         self._static_uniforms: list[Tensor] = []
-        if self.sampling.compile:
+        device = next(iter(model.parameters())).device
+        self.compiles = self.sampling.compiles(device)  # "auto" resolved for the model's device
+        if self.compiles:
             compile_blocks(model, dynamic=False)
 
     @property
@@ -264,7 +301,7 @@ class Rollout:
 
     def compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
         """With ``sampling.compile``: compiled blocks when ``steady``, eager otherwise (see :func:`compiled_when`)."""
-        return compiled_when(steady) if self.sampling.compile else contextlib.nullcontext()
+        return compiled_when(steady) if self.compiles else contextlib.nullcontext()
 
     def _window(self) -> tuple[Tensor, Tensor]:
         keep = self.sampling.context_frames - 1
