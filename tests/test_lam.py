@@ -142,6 +142,28 @@ def test_windowed_lam_matches_running_each_window(window: int) -> None:
     torch.testing.assert_close(model.decode(video[:, :-1], z)[:, :3], model.decode(other[:, :-1], z)[:, :3])
 
 
+def test_flow_input_gives_the_direction_of_motion_a_sign() -> None:
+    """``aids.flow_input``: the frame difference times the spatial gradients, per pixel; a ramp moved right and the
+    same ramp moved left give horizontal products of opposite sign (and no vertical ones), the first frame none;
+    the encoder embeds them per patch (parameters counted in closed form); it needs the motion input."""
+    cfg = tiny_cfg(motion_input=True, flow_input=True)
+    model = LatentActionModel(cfg)
+    assert model.flow_embed is not None
+    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
+    ramp = torch.linspace(0, 1, 48).expand(3, 32, 48)
+    right = torch.stack((ramp, torch.roll(ramp, 2, -1)))[None]  # (1, 2, 3, 32, 48)
+    left = torch.stack((ramp, torch.roll(ramp, -2, -1)))[None]
+    along_x, along_y = model.flow_embed.maps(right)
+    back_x, _ = model.flow_embed.maps(left)
+    assert float(along_x[:, 0].abs().sum()) == 0.0 and float(along_y.abs().sum()) == 0.0
+    inner = (..., slice(4, -4))  # away from the roll's wrap-around and the zero border
+    assert (along_x[:, 1][inner] < 0).float().mean() > 0.9 and (back_x[:, 1][inner] > 0).float().mean() > 0.9
+    z = model.encode_latents(right)
+    assert z.shape == (1, 1, cfg.latent_dim)
+    with pytest.raises(ValueError, match=r"flow_input needs aids\.motion_input"):
+        tiny_cfg(flow_input=True)
+
+
 def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
     torch.manual_seed(0)
     cfg = tiny_cfg(predict_residual=True, warp_radius=2, window=2, motion_input=True, recon_weight=100.0)

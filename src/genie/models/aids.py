@@ -13,6 +13,9 @@ without them.
   a few shifts, which the action must select: an early, strong training signal for the latent.
 - :class:`MotionInput` (LAM encoder, ``aids.motion_input``): each patch's difference to the same patch one frame
   earlier is embedded beside the patch, so motion is visible to the first layer.
+- :class:`FlowInput` (LAM encoder, ``aids.flow_input``, with the motion input): per pixel, the frame difference
+  times the spatial gradients (the terms of a Lucas-Kanade flow estimate), embedded per patch: their sign follows
+  the direction of motion, so the direction is a linear feature of the input.
 - :class:`VQWarmup` (LAM, ``aids.vq_warmup_steps > 0``): for the first training steps the decoder reads the encoder's
   continuous latent instead of its code, so the encoder learns what the decoder needs before the bottleneck closes.
 
@@ -50,6 +53,10 @@ class LAMAids:
     # Encoder: also embed each patch's difference to the same patch one frame earlier (:class:`MotionInput`),
     # and read the transition latent from the action token plus the mean of frame t+1's patch tokens.
     motion_input: bool = False
+    # Encoder, with motion_input: also embed each patch's frame difference times the spatial gradients
+    # (:class:`FlowInput`), whose sign gives the direction of motion; otherwise the encoder has to learn to compute
+    # the direction, and in a short run it may not (the demo LAM then gives left and right one code).
+    flow_input: bool = False
     # Frames each prediction may use: None = the whole clip (the paper); 2 = only x_t and x_t+1. Short windows
     # stop the decoder from extrapolating the motion of earlier frames (random policies repeat actions), so
     # the latent has to carry what the action did. Clips are processed as overlapping windows.
@@ -74,6 +81,8 @@ class LAMAids:
             raise ValueError(f"LAM aids.warp_radius must be >= 0 (0 = off), got {self.warp_radius}")
         if self.warp_stride < 1:
             raise ValueError(f"LAM aids.warp_stride must be >= 1, got {self.warp_stride}")
+        if self.flow_input and not self.motion_input:
+            raise ValueError("LAM aids.flow_input needs aids.motion_input=true")
         if self.warp_radius > 0 and not self.predict_residual:
             raise ValueError("LAM aids.warp_radius > 0 needs aids.predict_residual=true")
         if self.vq_warmup_steps < 0:
@@ -257,3 +266,24 @@ class MotionInput(nn.Linear):
         prev = torch.cat((patches_BTSP[:, :1], patches_BTSP[:, :-1]), dim=1)
         out: Tensor = self(patches_BTSP - prev)
         return out
+
+
+class FlowInput(nn.Linear):
+    """The LAM encoder's flow input: per pixel, the difference to the previous frame times the horizontal and the
+    vertical gradient of the two frames' mean - the terms a Lucas-Kanade flow estimate sums - embedded per patch
+    (``in_features`` = 2 x channels x patch²: the horizontal products' patch, then the vertical ones'). An edge
+    moving right and one moving left give products of opposite sign, so the direction of motion is a linear
+    feature instead of a product the encoder must learn to form. The first frame's products are zero."""
+
+    SCALE = (
+        10.0  # products of two pixel differences in [0, 1] are ~1e-2: x10 brings them near the other inputs
+    )
+
+    def maps(self, x_BTCHW: Tensor) -> tuple[Tensor, Tensor]:
+        """The horizontal and the vertical products, each ``(B, T, C, H, W)`` (zero at the image border)."""
+        prev = torch.cat((x_BTCHW[:, :1], x_BTCHW[:, :-1]), dim=1)
+        diff = x_BTCHW - prev
+        mean = 0.5 * (x_BTCHW + prev)
+        grad_x = F.pad(0.5 * (mean[..., 2:] - mean[..., :-2]), (1, 1))  # central differences
+        grad_y = F.pad(0.5 * (mean[..., 2:, :] - mean[..., :-2, :]), (0, 0, 1, 1))
+        return grad_x * diff * self.SCALE, grad_y * diff * self.SCALE

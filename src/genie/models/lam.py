@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.models.aids import LAMAids, MotionInput, VQWarmup, WarpHead, as_aids
+from genie.models.aids import FlowInput, LAMAids, MotionInput, VQWarmup, WarpHead, as_aids
 from genie.models.common import PatchGeometry
 from genie.nn import (
     QuantizerOutput,
@@ -111,6 +111,7 @@ class LAMConfig(PatchGeometry):
             + (a + 1) * dd  # latent to decoder
             + (dd if self.aids.decoder_mask_rate > 0 else 0)  # decoder mask token
             + ((self.channels * self.patch**2 + 1) * de if self.aids.motion_input else 0)
+            + ((2 * self.channels * self.patch**2 + 1) * de if self.aids.flow_input else 0)
             + head
             + ((dd + 1) * 2 * (2 * self.aids.warp_radius + 1) if self.aids.warp_radius > 0 else 0)
         )
@@ -146,6 +147,7 @@ class LatentActionModel(nn.Module):
         self.motion_embed: MotionInput | None = None
         if aids.motion_input:
             self.motion_embed = MotionInput(cfg.channels * cfg.patch**2, de)
+        self.flow_embed = FlowInput(2 * cfg.channels * cfg.patch**2, de) if aids.flow_input else None
         self.encoder = STTransformer(cfg.enc)
         self.to_latent = nn.Linear(de, cfg.latent_dim)
         self.vq_warmup = VQWarmup(aids.vq_warmup_steps) if aids.vq_warmup_steps > 0 else None
@@ -224,6 +226,9 @@ class LatentActionModel(nn.Module):
         h_BTSD = self.enc_embed(patches)
         if self.motion_embed is not None:
             h_BTSD = h_BTSD + self.motion_embed.embed(patches)
+        if self.flow_embed is not None:
+            along_x, along_y = self.flow_embed.maps(x)
+            h_BTSD = h_BTSD + self.flow_embed(torch.cat((self._patches(along_x), self._patches(along_y)), -1))
         b, t = h_BTSD.shape[:2]
         query = self.action_query.to(h_BTSD.dtype).expand(b, t, 1, -1)
         h_BTSD = self.encoder(torch.cat((query, h_BTSD), dim=2), self.cfg.grid, prefix=1)
