@@ -526,6 +526,19 @@ def test_auto_compile_compiles_where_a_compiler_exists(
         getattr(b, "_compiled_call_impl", None) is None for b in model.modules() if isinstance(b, STBlock)
     )
     assert Rollout(DynamicsModel(cfg).eval(), SamplingConfig(compile=True)).compiles  # true insists
+    # "auto" compiles once the session has run context_frames full-window steps eagerly (short clips never do)
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
+    torch._dynamo.reset()
+    counters.clear()
+    rollout = Rollout(DynamicsModel(cfg).eval(), SamplingConfig(steps=2, context_frames=3))
+    rollout.start(torch.randint(0, 32, (1, 2, 3, 4)), torch.zeros(1, 1, dtype=torch.long))  # a full window
+    for i in range(3):
+        rollout.step(torch.tensor([i % 4]))
+    assert counters["stats"]["unique_graphs"] == 0  # the first 3 full-window steps: eager
+    rollout.step(torch.tensor([0]))
+    assert counters["stats"]["unique_graphs"] == 1
     monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
     with torch._dynamo.config.patch(disable=True):  # TORCH_COMPILE_DISABLE=1
         assert not SamplingConfig().compiles("cpu")

@@ -126,6 +126,9 @@ def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]
         )
         rollout.start(prompt, torch.zeros(1, t - 2, dtype=torch.long))
         gen = torch.Generator().manual_seed(0)
+        # "auto" compiles after context_frames full-window steps: warm up past them (the compile included)
+        for _ in range(t + 1 if rollout.compiles and not quick else 0):
+            rollout.step(torch.zeros(1, dtype=torch.long), gen)
         return lambda: rollout.step(torch.zeros(1, dtype=torch.long), gen)
 
     genie_frame, genie_eager_frame = genie_player(), genie_player(compile=False)

@@ -41,8 +41,11 @@ class SamplingConfig:
     (the dynamics model's and, in :class:`~genie.models.Genie`, the tokenizer decoder's) through
     ``torch.compile`` once the context window is full: a one-off compile of seconds, then faster steps
     (while the window fills, steps run eagerly; needs torch >= 2.6 and, on a CPU, a C++ compiler).
-    ``"auto"`` (the default) compiles where a compiler exists (a C++ compiler for the CPU, Triton for CUDA)
-    and runs eagerly elsewhere; ``true`` insists, ``false`` never compiles.
+    ``"auto"`` (the default) compiles where a compiler exists (a C++ compiler for the CPU, Triton for CUDA),
+    once a session has run ``context_frames`` full-window steps eagerly, so that short clips (evaluation,
+    validation, GIFs) never pay for a compile and long sessions (play) do once; it runs eagerly where there is
+    no compiler. ``true`` compiles from the first full-window step, ``false`` never. (A CUDA graph, see below, is
+    recorded at the first full-window step: with ``"auto"`` it holds eager kernels; ``true`` records compiled ones.)
     ``cuda_graph`` (with the cache, on a CUDA device, rotary or no positions) records a whole frame's
     generation - every MaskGIT pass and the cache update - as one CUDA graph once the window is full, and
     replays it for every later frame: the same frames, without launching each of its many small kernels
@@ -288,6 +291,7 @@ class Rollout:
         self._captured: CapturedStep | None = None
         self._static: dict[str, Tensor] = {}  # the captured step's inputs
         self._static_uniforms: list[Tensor] = []
+        self._steady_steps = 0  # full-window steps of this session ("auto" compiles after context_frames)
         device = next(iter(model.parameters())).device
         self.compiles = self.sampling.compiles(device)  # "auto" resolved for the model's device
         if self.compiles:
@@ -301,7 +305,10 @@ class Rollout:
 
     def compiled(self, steady: bool) -> contextlib.AbstractContextManager[None]:
         """With ``sampling.compile``: compiled blocks when ``steady``, eager otherwise (see :func:`compiled_when`)."""
-        return compiled_when(steady) if self.compiles else contextlib.nullcontext()
+        if not self.compiles:
+            return contextlib.nullcontext()
+        settled = self.sampling.compile is True or self._steady_steps > self.sampling.context_frames
+        return compiled_when(steady and settled)
 
     def _window(self) -> tuple[Tensor, Tensor]:
         keep = self.sampling.context_frames - 1
@@ -332,6 +339,7 @@ class Rollout:
         self.actions = list(acts_BT.unbind(1))
         self.cache = None
         self._captured = None
+        self._steady_steps = 0
         if self.sampling.use_cache:
             # a one-off shape: never worth a compile
             with self.compiled(False), self.sampling.autocast(ids.device):
@@ -358,6 +366,7 @@ class Rollout:
         # compiled (when asked) once every step has the same shapes: the cache or the window is full
         window = cfg.context_frames - 1
         full = (self.cache.frames if self.cache is not None else len(self.frames)) >= window
+        self._steady_steps += int(full)
         if full and cfg.cuda_graph and self.cache is not None and model.cfg.st.pos_emb != "learned":
             with self.compiled(True):
                 new = self._captured_frame(actions_B, generator)
