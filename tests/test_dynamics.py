@@ -516,9 +516,6 @@ def test_auto_compile_compiles_where_a_compiler_exists(
     monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
     model = DynamicsModel(cfg).eval()
     assert Rollout(model, SamplingConfig()).compiles
-    assert all(
-        getattr(b, "_compiled_call_impl", None) is not None for b in model.modules() if isinstance(b, STBlock)
-    )
     monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: False)
     model = DynamicsModel(cfg).eval()
     assert not Rollout(model, SamplingConfig()).compiles
@@ -532,14 +529,21 @@ def test_auto_compile_compiles_where_a_compiler_exists(
     monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
     torch._dynamo.reset()
     counters.clear()
-    rollout = Rollout(DynamicsModel(cfg).eval(), SamplingConfig(steps=2, context_frames=3))
+    model = DynamicsModel(cfg).eval()
+    rollout = Rollout(model, SamplingConfig(steps=2, context_frames=3))
     rollout.start(torch.randint(0, 32, (1, 2, 3, 4)), torch.zeros(1, 1, dtype=torch.long))  # a full window
     for i in range(3):
         rollout.step(torch.tensor([i % 4]))
     assert counters["stats"]["unique_graphs"] == 0  # the first 3 full-window steps: eager
+    # ... and the model untouched until then (a validation rollout must not make training steps compile)
+    assert all(
+        getattr(b, "_compiled_call_impl", None) is None for b in model.modules() if isinstance(b, STBlock)
+    )
     rollout.step(torch.tensor([0]))
     assert counters["stats"]["unique_graphs"] == 1
-    monkeypatch.setattr(sampling, "_has_compiler", lambda device_type: True)
+    assert all(
+        getattr(b, "_compiled_call_impl", None) is not None for b in model.modules() if isinstance(b, STBlock)
+    )
     with torch._dynamo.config.patch(disable=True):  # TORCH_COMPILE_DISABLE=1
         assert not SamplingConfig().compiles("cpu")
     with pytest.raises(ValueError, match="sampling compile must be true, false or auto, got 'yes'"):

@@ -208,7 +208,7 @@ def main() -> None:
 
 def onexgpt_row(vs: dict[str, Any]) -> str:
     """The markdown row of :func:`~benchmark.onexgpt.play_vs_onexgpt`."""
-    how = "compiled" if vs["genie_compiled"] else "eager: no C++ compiler"
+    how = "compiled" if vs["genie_compiled"] else "eager: no C++ compiler, or --quick"
     return (
         "| play at 1xgpt's small dims (d 256 × 4, 8×8 tokens, 25 steps, 16 frames): genie's defaults "
         f"({how}) / eager / 1xgpt's `STMaskGIT` | {vs['genie_fps']:.2f} / {vs['genie_eager_fps']:.2f} / "

@@ -99,7 +99,7 @@ def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]
     """Frames/s of genie's default cached rollout (and of the same run eagerly) and of 1xgpt's ``generate``
     at 1xgpt's small dims."""
     from genie.models.dynamics import DynamicsConfig, DynamicsModel
-    from genie.models.sampling import Rollout, SamplingConfig, compiler_available
+    from genie.models.sampling import Rollout, SamplingConfig
 
     STMaskGIT, GenieConfig = load_stmaskgit(checkout)
     d = DIMS
@@ -119,7 +119,8 @@ def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]
     cfg = DynamicsConfig(num_codes=d["codes"], grid=(d["side"], d["side"]), num_actions=8, transformer=st)
     prompt = torch.randint(0, d["codes"], (1, t - 1, d["side"], d["side"]))
 
-    def genie_player(**sampling: Any) -> Any:
+    def genie_player(**sampling: Any) -> tuple[Any, bool]:
+        """A frame of a rollout, and whether its timed frames run compiled."""
         torch.manual_seed(0)  # the same weights for both rollouts
         rollout = Rollout(
             DynamicsModel(cfg).eval(), SamplingConfig(steps=25, temperature=1.0, context_frames=t, **sampling)
@@ -127,11 +128,12 @@ def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]
         rollout.start(prompt, torch.zeros(1, t - 2, dtype=torch.long))
         gen = torch.Generator().manual_seed(0)
         # "auto" compiles after context_frames full-window steps: warm up past them (the compile included)
-        for _ in range(t + 1 if rollout.compiles and not quick else 0):
+        compiled = rollout.compiles and not quick
+        for _ in range(t + 1 if compiled else 0):
             rollout.step(torch.zeros(1, dtype=torch.long), gen)
-        return lambda: rollout.step(torch.zeros(1, dtype=torch.long), gen)
+        return lambda: rollout.step(torch.zeros(1, dtype=torch.long), gen), compiled
 
-    genie_frame, genie_eager_frame = genie_player(), genie_player(compile=False)
+    (genie_frame, genie_compiled), (genie_eager_frame, _) = genie_player(), genie_player(compile=False)
 
     flat = prompt.reshape(1, -1)
 
@@ -156,7 +158,7 @@ def play_vs_onexgpt(checkout: str | Path, quick: bool = False) -> dict[str, Any]
         "dims": dict(DIMS),
         "genie_fps": fps["genie"],
         "genie_eager_fps": fps["genie_eager"],
-        "genie_compiled": compiler_available("cpu"),
+        "genie_compiled": genie_compiled,
         "onexgpt_fps": fps["onexgpt"],
         "ratio": fps["genie"] / fps["onexgpt"],
         "eager_ratio": fps["genie_eager"] / fps["onexgpt"],

@@ -24,7 +24,7 @@ from genie.models.dynamics import DynamicsModel
 from genie.models.lam import LatentActionModel
 from genie.models.sampling import Rollout, SamplingConfig, action_ids, seeded_generator
 from genie.models.tokenizer import VideoTokenizer
-from genie.nn import KVCache, compile_blocks
+from genie.nn import KVCache
 from genie.nn.graph import CapturedStep
 
 
@@ -223,8 +223,7 @@ class Genie(nn.Module):
             )
         tokens = self.tokenizer.encode(video)
         self._rollout = Rollout(self.dynamics, self.sampling)
-        if self._rollout.compiles:  # (the dynamics' blocks: by the Rollout)
-            compile_blocks(self.tokenizer.decoder, dynamic=False)
+        self._rollout.compile_targets.append(self.tokenizer.decoder)  # compiled with the dynamics, if ever
         self._rollout.start(tokens, prompt_actions)
         dec = self.tokenizer.cfg.dec
         # the decoder's window is the dynamics model's: context_frames - 1 past frames and the new one

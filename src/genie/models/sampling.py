@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from genie.nn import KVCache, compile_blocks, compiled_when
 from genie.nn.graph import CapturedStep
@@ -294,8 +294,9 @@ class Rollout:
         self._steady_steps = 0  # full-window steps of this session ("auto" compiles after context_frames)
         device = next(iter(model.parameters())).device
         self.compiles = self.sampling.compiles(device)  # "auto" resolved for the model's device
-        if self.compiles:
-            compile_blocks(model, dynamic=False)
+        # modules whose blocks compile in place on the first compiled step (not before: a short clip's rollout,
+        # e.g. in validation, must leave a model it never compiles for as it was, or its training steps compile)
+        self.compile_targets: list[nn.Module] = [model]
 
     @property
     def tokens(self) -> Tensor:
@@ -308,6 +309,9 @@ class Rollout:
         if not self.compiles:
             return contextlib.nullcontext()
         settled = self.sampling.compile is True or self._steady_steps > self.sampling.context_frames
+        if steady and settled:
+            while self.compile_targets:
+                compile_blocks(self.compile_targets.pop(), dynamic=False)
         return compiled_when(steady and settled)
 
     def _window(self) -> tuple[Tensor, Tensor]:
