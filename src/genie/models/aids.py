@@ -275,9 +275,8 @@ class FlowInput(nn.Linear):
     moving right and one moving left give products of opposite sign, so the direction of motion is a linear
     feature instead of a product the encoder must learn to form. The first frame's products are zero."""
 
-    SCALE = (
-        10.0  # products of two pixel differences in [0, 1] are ~1e-2: x10 brings them near the other inputs
-    )
+    # products of two pixel differences in [0, 1] are ~1e-2: x10 brings them near the other inputs' scale
+    SCALE = 10.0
 
     def maps(self, x_BTCHW: Tensor) -> tuple[Tensor, Tensor]:
         """The horizontal and the vertical products, each ``(B, T, C, H, W)`` (zero at the image border)."""
