@@ -30,10 +30,10 @@ FAST_DATA = [  # DEMO_FAST: a small dataset shared by every stage
 STAGES: dict[str, tuple[str, list[str], list[str]]] = {
     "tokenizer": (
         "tokenizer_tiny",
-        [  # 550 of the experiment's 1050 steps: the demo's 15-minute budget
-            "trainer.max_steps=550",
-            "trainer.val_check_interval=550",
-            "callbacks.model_checkpoint.every_n_train_steps=275",
+        [  # 650 of the experiment's 1050 steps: the demo's 15-minute budget
+            "trainer.max_steps=650",
+            "trainer.val_check_interval=650",
+            "callbacks.model_checkpoint.every_n_train_steps=325",
         ],
         ["trainer.max_steps=30", "trainer.val_check_interval=30"],
     ),
