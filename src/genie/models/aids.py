@@ -258,13 +258,17 @@ class WarpHead(nn.Linear):
         return x.reshape(b, t, *x.shape[1:])
 
 
+def previous_frames(x_BT: Tensor) -> Tensor:
+    """Each frame's predecessor along dim 1, the first frame standing in for its own (so its change is zero)."""
+    return torch.cat((x_BT[:, :1], x_BT[:, :-1]), dim=1)
+
+
 class MotionInput(nn.Linear):
     """The LAM encoder's motion input: an embedding of each patch's change since the previous frame (the first
     frame's change is zero)."""
 
     def embed(self, patches_BTSP: Tensor) -> Tensor:
-        prev = torch.cat((patches_BTSP[:, :1], patches_BTSP[:, :-1]), dim=1)
-        out: Tensor = self(patches_BTSP - prev)
+        out: Tensor = self(patches_BTSP - previous_frames(patches_BTSP))
         return out
 
 
@@ -280,7 +284,7 @@ class FlowInput(nn.Linear):
 
     def maps(self, x_BTCHW: Tensor) -> tuple[Tensor, Tensor]:
         """The horizontal and the vertical products, each ``(B, T, C, H, W)`` (zero at the image border)."""
-        prev = torch.cat((x_BTCHW[:, :1], x_BTCHW[:, :-1]), dim=1)
+        prev = previous_frames(x_BTCHW)
         diff = x_BTCHW - prev
         mean = 0.5 * (x_BTCHW + prev)
         grad_x = F.pad(0.5 * (mean[..., 2:] - mean[..., :-2]), (1, 1))  # central differences
