@@ -71,6 +71,11 @@ class LAMAids:
     vq_warmup_steps: int = 0
     # Hide this fraction of context patches from the decoder (a learned stand-in), so it must rely on the action.
     decoder_mask_rate: float = 0.0
+    # Decoder: also embed each context patch's motion (the motion input, and the flow input with flow_input), so
+    # it can carry on the motion it sees and the latent is left what changed it. Worlds with momentum (CoinRun:
+    # the view follows a falling, jumping agent) otherwise spend every code on the view's motion. Needs a
+    # window of 3 or more frames (with 2 the decoder sees one frame, no motion).
+    decoder_motion: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 2:
@@ -83,6 +88,11 @@ class LAMAids:
             raise ValueError(f"LAM aids.warp_stride must be >= 1, got {self.warp_stride}")
         if self.flow_input and not self.motion_input:
             raise ValueError("LAM aids.flow_input needs aids.motion_input=true")
+        if self.decoder_motion and self.window is not None and self.window < 3:
+            raise ValueError(
+                f"LAM aids.decoder_motion needs aids.window >= 3 or null (with {self.window} frames the decoder "
+                "sees one frame, so no motion)"
+            )
         if self.warp_radius > 0 and not self.predict_residual:
             raise ValueError("LAM aids.warp_radius > 0 needs aids.predict_residual=true")
         if self.vq_warmup_steps < 0:
