@@ -347,6 +347,7 @@ def test_rollouts_by_lam_true_or_random_actions_and_per_frame_ssim() -> None:
         ev.update(wide)
     with pytest.raises(ValueError, match=r"eval\.actions must be"):
         EvalConfig(actions="oracle")
+    assert EvalConfig(actions=True).actions == "true"  # type: ignore[arg-type]  # `eval.actions=true` in YAML
     with pytest.raises(ValueError, match=r"eval\.protocol must be"):
         EvalConfig(protocol="jafar")
 

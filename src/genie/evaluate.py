@@ -68,6 +68,8 @@ class EvalConfig:
     ceiling: str | None = None  # ceiling.json of genie.ceiling on the same data: LAM NMI as a fraction of it
 
     def __post_init__(self) -> None:
+        if self.actions is True:  # `eval.actions=true` on the command line arrives as a YAML boolean
+            self.actions = "true"
         if self.actions not in ("auto", "lam", "true", "random"):
             raise ValueError(f"eval.actions must be auto, lam, true or random, got {self.actions!r}")
         if self.protocol not in PROTOCOLS:
