@@ -189,6 +189,42 @@ def test_decoder_motion_embeds_the_context_motion_and_keeps_the_decoder_causal()
         tiny_cfg(decoder_motion=True, window=2)
 
 
+def test_extrapolate_motion_carries_the_views_motion_on_and_keeps_the_decoder_causal() -> None:
+    """``aids.extrapolate_motion``: the global shift of a moving image is read to ~5%, the frame moved on by it is
+    closer to the next frame than a copy, the decoder still never sees the frame it predicts, and a window of 2
+    or a decoder that predicts the frame itself is refused."""
+    from genie.models.aids import extrapolate_motion, global_shift, translate
+
+    ramp = torch.arange(48) * 2 * torch.pi / 24
+    img = (0.5 + 0.5 * torch.sin(ramp))[None, :] * (0.5 + 0.5 * torch.cos(torch.arange(32) * torch.pi / 8))[
+        :, None
+    ]
+    step = torch.tensor([0.6, -0.4])  # px per frame: right and up
+    frames = torch.stack(
+        [translate(img.expand(3, 32, 48)[None, None], (k * step)[None, None])[0, 0] for k in range(4)]
+    )
+    frames = frames[None]  # (1, 4, 3, 32, 48)
+    torch.testing.assert_close(
+        global_shift(frames[:, :-1], frames[:, 1:]), step.expand(1, 3, 2), atol=0.04, rtol=0
+    )
+    guess = extrapolate_motion(frames[:, :-1])
+    torch.testing.assert_close(guess[:, 0], frames[:, 0])  # the first frame has no motion before it
+    copy_err = (frames[:, 2:] - frames[:, 1:-1]).abs().mean()
+    assert (frames[:, 2:] - guess[:, 1:]).abs().mean() < 0.3 * copy_err
+    torch.manual_seed(0)
+    cfg = tiny_cfg(predict_residual=True, extrapolate_motion=True, window=3)
+    model = LatentActionModel(cfg).eval()
+    video = torch.rand(1, 5, 3, 32, 48)
+    z = model.quantize(video).z_q
+    other = video.clone()
+    other[:, 3] = torch.rand_like(other[:, 3])
+    torch.testing.assert_close(model.decode(video[:, :-1], z)[:, :3], model.decode(other[:, :-1], z)[:, :3])
+    with pytest.raises(ValueError, match=r"extrapolate_motion needs aids\.window >= 3"):
+        tiny_cfg(predict_residual=True, extrapolate_motion=True, window=2)
+    with pytest.raises(ValueError, match=r"extrapolate_motion needs aids\.predict_residual"):
+        tiny_cfg(extrapolate_motion=True)
+
+
 def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
     torch.manual_seed(0)
     cfg = tiny_cfg(predict_residual=True, warp_radius=2, window=2, motion_input=True, recon_weight=100.0)

@@ -76,6 +76,10 @@ class LAMAids:
     # the view follows a falling, jumping agent) otherwise spend every code on the view's motion. Needs a
     # window of 3 or more frames (with 2 the decoder sees one frame, no motion).
     decoder_motion: bool = False
+    # Pixels, with predict_residual: the decoder starts from the last frame moved on by the global motion of the
+    # transition before it (:func:`extrapolate_motion`), not from the last frame itself, so the latent need not
+    # carry motion that merely continues. Needs a window of 3 or more frames.
+    extrapolate_motion: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 2:
@@ -92,6 +96,13 @@ class LAMAids:
             raise ValueError(
                 f"LAM aids.decoder_motion needs aids.window >= 3 or null (with {self.window} frames the decoder "
                 "sees one frame, so no motion)"
+            )
+        if self.extrapolate_motion and not self.predict_residual:
+            raise ValueError("LAM aids.extrapolate_motion needs aids.predict_residual=true")
+        if self.extrapolate_motion and self.window is not None and self.window < 3:
+            raise ValueError(
+                f"LAM aids.extrapolate_motion needs aids.window >= 3 or null (with {self.window} frames the "
+                "decoder sees one frame, so no motion)"
             )
         if self.warp_radius > 0 and not self.predict_residual:
             raise ValueError("LAM aids.warp_radius > 0 needs aids.predict_residual=true")
@@ -266,6 +277,38 @@ class WarpHead(nn.Linear):
         shifted = windows(F.pad(x, (0, 0, r * s, r * s), mode="replicate"), -2, h, s)  # (BT, C, k, W, H)
         x = (shifted * taps[..., 1, :].permute(0, 3, 2, 1)[:, None]).sum(2).transpose(-1, -2)
         return x.reshape(b, t, *x.shape[1:])
+
+
+def global_shift(prev_BTCHW: Tensor, x_BTCHW: Tensor) -> Tensor:
+    """Per frame, the one translation ``(dx, dy)`` in pixels that best takes ``prev`` to ``x`` to first order (a
+    Lucas-Kanade estimate over the whole frame, on the channel mean): ``shift_BT2``; +dx is content moving right."""
+    x0, x1 = prev_BTCHW.float().mean(2), x_BTCHW.float().mean(2)
+    it = x1 - x0
+    ix = torch.gradient(x0, dim=-1)[0]
+    iy = torch.gradient(x0, dim=-2)[0]
+    dx = -(it * ix).sum((-1, -2)) / ((ix * ix).sum((-1, -2)) + 1e-6)
+    dy = -(it * iy).sum((-1, -2)) / ((iy * iy).sum((-1, -2)) + 1e-6)
+    return torch.stack((dx, dy), -1)
+
+
+def translate(x_BTCHW: Tensor, shift_BT2: Tensor) -> Tensor:
+    """Each frame moved by its ``(dx, dy)`` pixels (bilinear, edges repeated)."""
+    b, t, c, h, w = x_BTCHW.shape
+    ys = torch.linspace(-1, 1, h, device=x_BTCHW.device)
+    xs = torch.linspace(-1, 1, w, device=x_BTCHW.device)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # (H, W, 2) as (x, y)
+    scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=x_BTCHW.device)
+    grid = grid[None] - (shift_BT2.flatten(0, 1).float() * scale)[:, None, None]
+    out = F.grid_sample(
+        x_BTCHW.flatten(0, 1).float(), grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return out.reshape(b, t, c, h, w).to(x_BTCHW.dtype)
+
+
+def extrapolate_motion(context_BTCHW: Tensor) -> Tensor:
+    """Each context frame moved on by the global motion from its predecessor to it (the first frame as is): the
+    guess of the next frame if the view keeps moving as it did (:attr:`LAMAids.extrapolate_motion`)."""
+    return translate(context_BTCHW, global_shift(previous_frames(context_BTCHW), context_BTCHW))
 
 
 def previous_frames(x_BT: Tensor) -> Tensor:

@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genie.models.aids import FlowInput, LAMAids, MotionInput, VQWarmup, WarpHead, as_aids
+from genie.models.aids import (
+    FlowInput,
+    LAMAids,
+    MotionInput,
+    VQWarmup,
+    WarpHead,
+    as_aids,
+    extrapolate_motion,
+)
 from genie.models.common import PatchGeometry
 from genie.nn import (
     QuantizerOutput,
@@ -83,10 +91,14 @@ class LAMConfig(PatchGeometry):
                     "otherwise frame t would see x_t+1"
                 )
         if self.input != "pixels" and (
-            self.aids.warp_radius > 0 or self.aids.motion_input or self.aids.decoder_motion
+            self.aids.warp_radius > 0
+            or self.aids.motion_input
+            or self.aids.decoder_motion
+            or self.aids.extrapolate_motion
         ):
             raise ValueError(
-                "LAM aids.warp_radius > 0, aids.motion_input and aids.decoder_motion need pixel input"
+                "LAM aids.warp_radius > 0, aids.motion_input, aids.decoder_motion and aids.extrapolate_motion "
+                "need pixel input"
             )
 
     @property
@@ -305,7 +317,8 @@ class LatentActionModel(nn.Module):
         h, w = cfg.hw
         logits = logits[..., :h, :w]
         if cfg.aids.predict_residual:
-            base = context if self.warp_head is None else self.warp_head.warp(context, h_BTSD)
+            base = extrapolate_motion(context) if cfg.aids.extrapolate_motion else context
+            base = base if self.warp_head is None else self.warp_head.warp(base, h_BTSD)
             logits = logits + torch.logit(base.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
         return torch.sigmoid(logits)
 
