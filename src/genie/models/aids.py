@@ -92,18 +92,14 @@ class LAMAids:
             raise ValueError(f"LAM aids.warp_stride must be >= 1, got {self.warp_stride}")
         if self.flow_input and not self.motion_input:
             raise ValueError("LAM aids.flow_input needs aids.motion_input=true")
-        if self.decoder_motion and self.window is not None and self.window < 3:
-            raise ValueError(
-                f"LAM aids.decoder_motion needs aids.window >= 3 or null (with {self.window} frames the decoder "
-                "sees one frame, so no motion)"
-            )
+        for name in ("decoder_motion", "extrapolate_motion"):  # both read the motion between context frames
+            if getattr(self, name) and self.window is not None and self.window < 3:
+                raise ValueError(
+                    f"LAM aids.{name} needs aids.window >= 3 or null (with {self.window} frames the decoder sees "
+                    "one frame, so no motion)"
+                )
         if self.extrapolate_motion and not self.predict_residual:
             raise ValueError("LAM aids.extrapolate_motion needs aids.predict_residual=true")
-        if self.extrapolate_motion and self.window is not None and self.window < 3:
-            raise ValueError(
-                f"LAM aids.extrapolate_motion needs aids.window >= 3 or null (with {self.window} frames the "
-                "decoder sees one frame, so no motion)"
-            )
         if self.warp_radius > 0 and not self.predict_residual:
             raise ValueError("LAM aids.warp_radius > 0 needs aids.predict_residual=true")
         if self.vq_warmup_steps < 0:
