@@ -93,20 +93,14 @@ def test_ceiling_command_writes_its_report(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_lam_codes_tool_finds_where_the_action_shows_and_the_views_motion(
+def test_lam_codes_tool_finds_where_the_action_shows_and_tabulates_the_codes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """tools/lam_codes.py: the moving square's action shows in the blocks the square crosses and nowhere else;
-    the global Lucas-Kanade shift reads a wave moved right by 1 px as ~+1, back as ~-1; the command prints the map
-    and a LAM's per-code motion table."""
+    the command prints the map and a LAM's per-code motion table (the global shift it uses: test_lam)."""
     from test_adversarial import tool
 
     lam_codes = tool("lam_codes")
-    wave = (0.5 + 0.5 * torch.sin(torch.arange(48) * 2 * torch.pi / 48)).expand(32, 48)  # rolls exactly
-    clip = torch.stack((wave, torch.roll(wave, 1, -1), wave))[None].numpy()  # right by 1 px, then back
-    dx, dy = lam_codes.global_shift(clip)
-    assert dx[0, 0] == pytest.approx(1, abs=0.1) and dx[0, 1] == pytest.approx(-1, abs=0.1)
-    assert abs(dy).max() < 1e-3
     (tmp_path / "d").mkdir()
     shards = _moving_square_shards(tmp_path / "d", 24, 0)
     from genie.data.pipeline import ClipStream

@@ -19,17 +19,7 @@ import numpy as np
 import torch
 
 from genie.metrics.actions import nmi_from_counts
-
-
-def global_shift(video_BTHW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per transition, one translation (dx, dy) in pixels that best explains x_t+1 - x_t to first order
-    (Lucas-Kanade over the whole frame): ``(dx_B(T-1), dy_B(T-1))``; positive dx is content moving right."""
-    x0, x1 = video_BTHW[:, :-1], video_BTHW[:, 1:]
-    it = x1 - x0
-    ix, iy = np.gradient(x0, axis=-1), np.gradient(x0, axis=-2)
-    dx = -(it * ix).sum((-1, -2)) / ((ix * ix).sum((-1, -2)) + 1e-6)
-    dy = -(it * iy).sum((-1, -2)) / ((iy * iy).sum((-1, -2)) + 1e-6)
-    return dx, dy
+from genie.models.aids import global_shift
 
 
 def nmi(labels: np.ndarray, codes: np.ndarray) -> float:
@@ -111,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     if lam is None:
         return
     c = np.concatenate(codes)[: args.clips]
-    dx, dy = global_shift(video.mean(2))
+    clips = torch.from_numpy(video)
+    dx, dy = global_shift(clips[:, :-1], clips[:, 1:]).unbind(-1)  # the LAM aid's estimate, per transition
+    dx, dy = dx.numpy(), dy.numpy()
     print(
         f"\nNMI of the codes with the {label} at t: {nmi(act, c):.4f}, at t-1: {nmi(act[:, :-1], c[:, 1:]):.4f}"
     )
