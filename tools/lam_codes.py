@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     c = np.concatenate(codes)[: args.clips]
     clips = torch.from_numpy(video)
-    dx, dy = global_shift(clips[:, :-1], clips[:, 1:]).unbind(-1)  # the LAM aid's estimate, per transition
-    dx, dy = dx.numpy(), dy.numpy()
+    shift = global_shift(clips[:, :-1], clips[:, 1:]).numpy()  # the LAM aid's estimate, per transition
+    dx, dy = shift[..., 0], shift[..., 1]
     print(
         f"\nNMI of the codes with the {label} at t: {nmi(act, c):.4f}, at t-1: {nmi(act[:, :-1], c[:, 1:]):.4f}"
     )
