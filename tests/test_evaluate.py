@@ -325,6 +325,19 @@ def test_lam_nmi_is_reported_with_its_floor_effects_and_ceiling(tmp_path: Path) 
     assert m["lam/idm_labels"] == "effects" and m["lam/idm_nmi"] == 0.4
     assert m["lam/nmi_fraction"] == pytest.approx(m["lam/nmi_effects"] / 0.4)
     assert "inverse-dynamics ceiling NMI" in markdown_table(m)
+    # the probe over effect classes: the same probe on the codes and the buttons' effect classes, and the
+    # share of the commonest class beside it
+    from genie.data.procgen import effect_ids
+    from genie.metrics import probe_accuracy
+
+    codes, buttons = ev.probe.pairs()
+    effects = effect_ids(buttons)
+    want, _ = probe_accuracy(codes, effects, lam.cfg.num_actions, 10, 0)
+    assert m["lam/probe_accuracy_effects"] == pytest.approx(want)
+    assert m["lam/probe_majority_effects"] == pytest.approx(
+        float(torch.bincount(effects).max()) / effects.numel()
+    )
+    assert "effect class probe" in markdown_table(m)
     ev.cfg.effects = False
     with pytest.raises(ValueError, match=r"eval\.effects=true"):
         ev.compute()

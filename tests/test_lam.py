@@ -225,6 +225,32 @@ def test_extrapolate_motion_carries_the_views_motion_on_and_keeps_the_decoder_ca
         tiny_cfg(extrapolate_motion=True)
 
 
+def test_target_motion_moves_the_base_by_the_predicted_transitions_global_shift() -> None:
+    """``aids.target_motion``: at initialisation (zero residual head) the windowed decoder's guess of each frame
+    is the frame before it moved by that transition's global shift - closer than a copy; choosing it with
+    extrapolate_motion, or without residual prediction, is refused."""
+    from genie.models.aids import translate
+
+    ramp = torch.arange(48) * 2 * torch.pi / 24
+    img = (0.5 + 0.5 * torch.sin(ramp))[None, :] * (0.5 + 0.5 * torch.cos(torch.arange(32) * torch.pi / 8))[
+        :, None
+    ]
+    steps = torch.tensor([[0.6, -0.4], [-0.5, 0.3], [0.2, 0.7], [0.0, -0.6]])  # a different motion each frame
+    offsets = torch.cat((torch.zeros(1, 2), steps.cumsum(0)))
+    frames = torch.stack(
+        [translate(img.expand(3, 32, 48)[None, None], o[None, None])[0, 0] for o in offsets]
+    )[None]
+    torch.manual_seed(0)
+    model = LatentActionModel(tiny_cfg(predict_residual=True, target_motion=True, window=2)).eval()
+    pred = model(frames).pred
+    copy_err = (frames[:, 1:] - frames[:, :-1]).abs().mean()
+    assert (pred - frames[:, 1:]).abs().mean() < 0.3 * copy_err
+    with pytest.raises(ValueError, match=r"choose one"):
+        tiny_cfg(predict_residual=True, target_motion=True, extrapolate_motion=True, window=3)
+    with pytest.raises(ValueError, match=r"target_motion needs aids\.predict_residual"):
+        tiny_cfg(target_motion=True)
+
+
 def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:
     torch.manual_seed(0)
     cfg = tiny_cfg(predict_residual=True, warp_radius=2, window=2, motion_input=True, recon_weight=100.0)

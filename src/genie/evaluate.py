@@ -33,6 +33,7 @@ from genie.metrics import (
     DeltaPSNR,
     FrechetVideoDistance,
     frame_psnr,
+    probe_accuracy,
     random_actions,
 )
 from genie.models.dynamics import DynamicsModel
@@ -231,7 +232,15 @@ class Evaluator:
                 if self.cfg.effects:
                     from genie.data.procgen import effect_ids
 
-                    out["lam/nmi_effects"] = nmi(latent, torch.as_tensor(effect_ids(true)))
+                    effects = torch.as_tensor(effect_ids(true))
+                    out["lam/nmi_effects"] = nmi(latent, effects)
+                    # the probe over effect classes, beside what naming every transition the commonest class
+                    # scores (on CoinRun "none" is half of them: uniform chance, 1/6, is no baseline there)
+                    n = min(self.cfg.probe_labels, effects.numel() // 2)
+                    if n >= 1:
+                        acc, _ = probe_accuracy(latent, effects, max(self.num_actions, 1), n, self.cfg.seed)
+                        out["lam/probe_accuracy_effects"] = acc
+                        out["lam/probe_majority_effects"] = float(effects.bincount().max() / effects.numel())
                 if self.cfg.ceiling:
                     out.update(ceiling_fraction(out, self.cfg.ceiling))
                 if true.numel() >= 2:
@@ -306,6 +315,8 @@ _LABELS = {
     "lam/nmi_fraction": ("LAM NMI / ceiling NMI", "fraction of what the pixels reveal"),
     "lam/probe_accuracy": ("latent→real action probe accuracy", "held-out transitions"),
     "lam/probe_labels": ("probe labels", "labelled transitions used"),
+    "lam/probe_accuracy_effects": ("latent→effect class probe accuracy", "procgen, held-out transitions"),
+    "lam/probe_majority_effects": ("commonest effect class share", "the probe's trivial baseline"),
     "dynamics/actions": ("rollout actions", "lam: inferred by the LAM"),
     "dynamics/clips": ("rolled-out clips", "the first of the held-out clips"),
     "dynamics/psnr": ("rollout PSNR", "dB, all generated frames"),

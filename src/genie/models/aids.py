@@ -80,6 +80,11 @@ class LAMAids:
     # transition before it (:func:`extrapolate_motion`), not from the last frame itself, so the latent need not
     # carry motion that merely continues. Needs a window of 3 or more frames.
     extrapolate_motion: bool = False
+    # Pixels, with predict_residual: the decoder starts from the last frame moved by the global motion of the
+    # transition it predicts (:func:`global_shift` of x_t -> x_t+1, two numbers read off the target), so the
+    # latent is left what a translation of the whole view does not explain (the agent in a world whose camera
+    # follows it). Worlds whose actions move the whole view lose that signal: off unless measured to help.
+    target_motion: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 2:
@@ -98,8 +103,11 @@ class LAMAids:
                     f"LAM aids.{name} needs aids.window >= 3 or null (with {self.window} frames the decoder sees "
                     "one frame, so no motion)"
                 )
-        if self.extrapolate_motion and not self.predict_residual:
-            raise ValueError("LAM aids.extrapolate_motion needs aids.predict_residual=true")
+        for name in ("extrapolate_motion", "target_motion"):
+            if getattr(self, name) and not self.predict_residual:
+                raise ValueError(f"LAM aids.{name} needs aids.predict_residual=true")
+        if self.extrapolate_motion and self.target_motion:
+            raise ValueError("LAM aids.extrapolate_motion and aids.target_motion are two bases: choose one")
         if self.warp_radius > 0 and not self.predict_residual:
             raise ValueError("LAM aids.warp_radius > 0 needs aids.predict_residual=true")
         if self.vq_warmup_steps < 0:

@@ -31,6 +31,8 @@ from genie.models.aids import (
     WarpHead,
     as_aids,
     extrapolate_motion,
+    global_shift,
+    translate,
 )
 from genie.models.common import PatchGeometry
 from genie.nn import (
@@ -95,10 +97,11 @@ class LAMConfig(PatchGeometry):
             or self.aids.motion_input
             or self.aids.decoder_motion
             or self.aids.extrapolate_motion
+            or self.aids.target_motion
         ):
             raise ValueError(
-                "LAM aids.warp_radius > 0, aids.motion_input, aids.decoder_motion and aids.extrapolate_motion "
-                "need pixel input"
+                "LAM aids.warp_radius > 0, aids.motion_input, aids.decoder_motion, aids.extrapolate_motion and "
+                "aids.target_motion need pixel input"
             )
 
     @property
@@ -286,11 +289,14 @@ class LatentActionModel(nn.Module):
             self.train(was_training)
 
     # -- decoder --------------------------------------------------------------------------------------
-    def decode(self, context: Tensor, actions_z: Tensor, mask_rate: float = 0.0) -> Tensor:
+    def decode(
+        self, context: Tensor, actions_z: Tensor, mask_rate: float = 0.0, motion: Tensor | None = None
+    ) -> Tensor:
         """Predict frames 2..T from frames 1..T-1 (``context``) and the action vectors ``actions_z_B(T-1)A``.
 
         ``pred[:, t]`` is the guess of the frame after ``context[:, t]`` and depends only on
-        ``context[:, :t+1]`` and ``actions_z[:, :t+1]`` (the decoder is causal in time).
+        ``context[:, :t+1]`` and ``actions_z[:, :t+1]`` (the decoder is causal in time). ``motion_B(T-1)2``
+        (``aids.target_motion``): each transition's global shift, by which the base frame is moved.
         Pixels: ``video_B(T-1)CHW`` in [0, 1]; tokens: ``logits_B(T-1)SV``.
         """
         cfg = self.cfg
@@ -299,10 +305,11 @@ class LatentActionModel(nn.Module):
             b = context.shape[0]
             ctx, n = self._windows(context, window - 1)
             z, _ = self._windows(actions_z, window - 1)
-            return self._gather(self._decode(ctx, z, mask_rate), b, n)
-        return self._decode(context, actions_z, mask_rate)
+            m = None if motion is None else self._windows(motion, window - 1)[0]
+            return self._gather(self._decode(ctx, z, mask_rate, m), b, n)
+        return self._decode(context, actions_z, mask_rate, motion)
 
-    def _decode(self, context: Tensor, actions_z: Tensor, mask_rate: float) -> Tensor:
+    def _decode(self, context: Tensor, actions_z: Tensor, mask_rate: float, motion: Tensor | None) -> Tensor:
         cfg = self.cfg
         h_BTSD = self._embed(context, self.dec_embed, self.dec_motion_embed, self.dec_flow_embed)
         if mask_rate > 0 and self.dec_mask is not None:
@@ -317,7 +324,10 @@ class LatentActionModel(nn.Module):
         h, w = cfg.hw
         logits = logits[..., :h, :w]
         if cfg.aids.predict_residual:
-            base = extrapolate_motion(context) if cfg.aids.extrapolate_motion else context
+            if motion is not None:
+                base = translate(context, motion)
+            else:
+                base = extrapolate_motion(context) if cfg.aids.extrapolate_motion else context
             base = base if self.warp_head is None else self.warp_head.warp(base, h_BTSD)
             logits = logits + torch.logit(base.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
         return torch.sigmoid(logits)
@@ -333,7 +343,8 @@ class LatentActionModel(nn.Module):
             latent, vq_loss = vq.z_q, vq.loss
         if self.vq_warmup is not None:
             self.vq_warmup.step()
-        pred = self.decode(x[:, :-1], latent, rate)
+        motion = global_shift(x[:, :-1], x[:, 1:]) if self.cfg.aids.target_motion else None
+        pred = self.decode(x[:, :-1], latent, rate, motion)
         target = x[:, 1:]
         if self.cfg.input == "tokens":
             recon = F.cross_entropy(pred.flatten(0, 2).float(), target.flatten().long())
