@@ -189,16 +189,21 @@ def test_decoder_motion_embeds_the_context_motion_and_keeps_the_decoder_causal()
         tiny_cfg(decoder_motion=True, window=2)
 
 
+def _textured_image() -> torch.Tensor:
+    """A smooth 32x48 texture with gradients both ways: a global shift of it can be read to first order."""
+    ramp = torch.arange(48) * 2 * torch.pi / 24
+    return (0.5 + 0.5 * torch.sin(ramp))[None, :] * (0.5 + 0.5 * torch.cos(torch.arange(32) * torch.pi / 8))[
+        :, None
+    ]
+
+
 def test_extrapolate_motion_carries_the_views_motion_on_and_keeps_the_decoder_causal() -> None:
     """``aids.extrapolate_motion``: the global shift of a moving image is read to ~5%, the frame moved on by it is
     closer to the next frame than a copy, the decoder still never sees the frame it predicts, and a window of 2
     or a decoder that predicts the frame itself is refused."""
     from genie.models.aids import extrapolate_motion, global_shift, translate
 
-    ramp = torch.arange(48) * 2 * torch.pi / 24
-    img = (0.5 + 0.5 * torch.sin(ramp))[None, :] * (0.5 + 0.5 * torch.cos(torch.arange(32) * torch.pi / 8))[
-        :, None
-    ]
+    img = _textured_image()
     step = torch.tensor([0.6, -0.4])  # px per frame: right and up
     frames = torch.stack(
         [translate(img.expand(3, 32, 48)[None, None], (k * step)[None, None])[0, 0] for k in range(4)]
@@ -231,10 +236,7 @@ def test_target_motion_moves_the_base_by_the_predicted_transitions_global_shift(
     extrapolate_motion, or without residual prediction, is refused."""
     from genie.models.aids import translate
 
-    ramp = torch.arange(48) * 2 * torch.pi / 24
-    img = (0.5 + 0.5 * torch.sin(ramp))[None, :] * (0.5 + 0.5 * torch.cos(torch.arange(32) * torch.pi / 8))[
-        :, None
-    ]
+    img = _textured_image()
     steps = torch.tensor([[0.6, -0.4], [-0.5, 0.3], [0.2, 0.7], [0.0, -0.6]])  # a different motion each frame
     offsets = torch.cat((torch.zeros(1, 2), steps.cumsum(0)))
     frames = torch.stack(

@@ -33,7 +33,6 @@ from genie.metrics import (
     DeltaPSNR,
     FrechetVideoDistance,
     frame_psnr,
-    probe_accuracy,
     random_actions,
 )
 from genie.models.dynamics import DynamicsModel
@@ -236,9 +235,8 @@ class Evaluator:
                     out["lam/nmi_effects"] = nmi(latent, effects)
                     # the probe over effect classes, beside what naming every transition the commonest class
                     # scores (on CoinRun "none" is half of them: uniform chance, 1/6, is no baseline there)
-                    n = min(self.cfg.probe_labels, effects.numel() // 2)
-                    if n >= 1:
-                        acc, _ = probe_accuracy(latent, effects, max(self.num_actions, 1), n, self.cfg.seed)
+                    acc, _, labels = self.probe.accuracy_on(effects)
+                    if labels:
                         out["lam/probe_accuracy_effects"] = acc
                         out["lam/probe_majority_effects"] = float(effects.bincount().max() / effects.numel())
                 if self.cfg.ceiling:

@@ -145,12 +145,17 @@ class ActionProbe(Metric):
             int(sum(t.numel() for t in self.true)) if isinstance(self.true, list) else int(self.true.numel())
         )
 
-    def compute(self) -> Tensor:
-        latent, true = self.pairs()
+    def accuracy_on(self, true: Tensor) -> tuple[float, Tensor | None, int]:
+        """The probe of the kept latents against ``true``, one label per kept transition (their true actions,
+        or another labelling of them such as procgen's effect classes): ``(accuracy, map, labels used)``;
+        ``(nan, None, 0)`` with nothing to fit and hold out (clips without true actions)."""
+        latent, _ = self.pairs()
         n = min(self.num_labels, true.numel() // 2)
-        if n < 1:  # nothing to fit and hold out (clips without true actions): no figure
-            self.mapping, self.labels_used = None, 0
-            return torch.tensor(float("nan"))
-        acc, self.mapping = probe_accuracy(latent, true, self.num_latent, n, self.seed)
-        self.labels_used = n
+        if n < 1:
+            return float("nan"), None, 0
+        acc, mapping = probe_accuracy(latent, true, self.num_latent, n, self.seed)
+        return acc, mapping, n
+
+    def compute(self) -> Tensor:
+        acc, self.mapping, self.labels_used = self.accuracy_on(self.pairs()[1])
         return torch.tensor(acc)

@@ -326,8 +326,10 @@ class LatentActionModel(nn.Module):
         if cfg.aids.predict_residual:
             if motion is not None:
                 base = translate(context, motion)
+            elif cfg.aids.extrapolate_motion:
+                base = extrapolate_motion(context)
             else:
-                base = extrapolate_motion(context) if cfg.aids.extrapolate_motion else context
+                base = context
             base = base if self.warp_head is None else self.warp_head.warp(base, h_BTSD)
             logits = logits + torch.logit(base.to(logits.dtype).clamp(1e-3, 1 - 1e-3))
         return torch.sigmoid(logits)
