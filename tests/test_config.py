@@ -182,3 +182,16 @@ def test_a_null_override_unsets_a_typed_value_and_a_wrong_type_is_still_refused(
     assert LAMConfig(**{k: v for k, v in cfg.model.model.items() if k != "_target_"}).aids.window is None
     with pytest.raises(ValueError, match=r"aids.window takes a whole number \(the config has 2\)"):
         compose_config(["+experiment=lam_tiny", "model.model.aids.window=abc"])
+
+
+def test_choice_reads_a_yaml_boolean_as_its_name_and_refuses_other_values() -> None:
+    """``key=true`` reaches the code as the bool True; an option whose names include "true" takes it as that
+    name, one without refuses it in one line that names the option and its names."""
+    from genie.config import choice
+
+    assert choice(True, ("lam", "true", "cotrain"), "model.actions") == "true"
+    assert choice("lam", ("lam", "true", "cotrain"), "model.actions") == "lam"
+    with pytest.raises(ValueError, match=r"^model\.actions must be lam, true or cotrain, got 'bogus'$"):
+        choice("bogus", ("lam", "true", "cotrain"), "model.actions")
+    with pytest.raises(ValueError, match=r"eval\.protocol must be paper or genieredux, got 'false'"):
+        choice(False, ("paper", "genieredux"), "eval.protocol")

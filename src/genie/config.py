@@ -45,6 +45,16 @@ def options(node: Any, cls: type[T]) -> T:
     return cls(**{str(k): v for k, v in values.items()})
 
 
+def choice(value: Any, names: Sequence[str], what: str) -> str:
+    """``value``, one of the option ``what``'s ``names``; a YAML boolean reads as its name (``key=true`` on the
+    command line reaches the code as the bool True, not the string "true"). Anything else is one clear error."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    if value not in names:
+        raise ValueError(f"{what} must be {', '.join(names[:-1])} or {names[-1]}, got {value!r}")
+    return str(value)
+
+
 def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra import compose
     from hydra.errors import HydraException

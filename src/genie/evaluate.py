@@ -26,6 +26,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from genie.ceiling import nmi, shuffled_nmi
+from genie.config import choice
 from genie.metrics import (
     ActionNMI,
     ActionProbe,
@@ -68,10 +69,7 @@ class EvalConfig:
     ceiling: str | None = None  # ceiling.json of genie.ceiling on the same data: LAM NMI as a fraction of it
 
     def __post_init__(self) -> None:
-        if self.actions is True:  # `eval.actions=true` on the command line arrives as a YAML boolean
-            self.actions = "true"
-        if self.actions not in ("auto", "lam", "true", "random"):
-            raise ValueError(f"eval.actions must be auto, lam, true or random, got {self.actions!r}")
+        self.actions = choice(self.actions, ("auto", "lam", "true", "random"), "eval.actions")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"eval.protocol must be one of {sorted(PROTOCOLS)}, got {self.protocol!r}")
         if isinstance(self.eval_t, bool) or not isinstance(self.eval_t, int) or self.eval_t < 2:

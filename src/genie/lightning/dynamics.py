@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from genie.config import choice
 from genie.lightning.common import (
     OptimConfig,
     StageModule,
@@ -61,10 +62,7 @@ class DynamicsModule(StageModule):
         lam_model: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if actions is True:  # `model.actions=true` on the command line arrives as a YAML boolean
-            actions = "true"
-        if actions not in ("lam", "true", "cotrain"):
-            raise ValueError(f"model.actions must be 'lam', 'true' or 'cotrain', got {actions!r}")
+        actions = choice(actions, ("lam", "true", "cotrain"), "model.actions")  # type: ignore[assignment]
         self.tokenizer = frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
         self.lam: LatentActionModel | None = None
         if actions == "lam":
