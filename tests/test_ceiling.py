@@ -40,6 +40,26 @@ def test_shuffled_floor_is_small_and_a_relabelling_scores_one() -> None:
     assert s["accuracy"] == 1.0 and s["nmi"] == pytest.approx(1.0) and s["shuffled_nmi"] < 0.1
 
 
+def test_factor_nmi_says_which_factor_of_the_effect_a_labelling_carries() -> None:
+    """A labelling that gets the jump right and the direction wrong scores 1 on the jump and ~0 on the
+    direction; a perfect one 1 on both; and the ceiling's report lists both factors."""
+    from genie.ceiling import factor_nmi, markdown
+
+    g = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 6, (3000,), generator=g)  # effect ids: 2 x horizontal + jump
+    jump_only = 2 * torch.randint(0, 3, (3000,), generator=g) + true % 2
+    assert factor_nmi(true, true) == pytest.approx({"nmi_horizontal": 1.0, "nmi_jump": 1.0})
+    got = factor_nmi(jump_only, true)
+    assert got["nmi_jump"] == pytest.approx(1.0) and got["nmi_horizontal"] < 0.01
+    result = {
+        "labels": "effects",
+        "classes": 6,
+        "steps": 1,
+        "by_shift": {"0": {**score(jump_only, true), **got}},
+    }
+    assert "- 0: horizontal 0.00" in markdown(result) and "jump 1.000" in markdown(result)
+
+
 def _moving_square_shards(root: Path, clips: int, seed: int) -> str:
     """Clips of a square that moves left / stays / right by 2 px with the recorded action: visible actions."""
     g = torch.Generator().manual_seed(seed)

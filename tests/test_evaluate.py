@@ -322,6 +322,17 @@ def test_lam_nmi_is_reported_with_its_floor_effects_and_ceiling(tmp_path: Path) 
     assert float(nmi_from_counts(table)) == pytest.approx(m["lam/nmi"], abs=1e-6)
     assert "true action id (columns)" in markdown_table(m)
     assert 0 <= m["lam/nmi_shuffled"] <= 1 and 0 <= m["lam/nmi_effects"] <= 1
+    # each factor of the effect class against the same codes (which of them the codes carry)
+    from genie.ceiling import nmi as label_nmi
+    from genie.data.procgen import effect_ids as to_effects
+
+    code_ids, button_ids = table.nonzero(as_tuple=True)
+    per = table[code_ids, button_ids]
+    codes_n, effects_n = code_ids.repeat_interleave(per), to_effects(button_ids).repeat_interleave(per)
+    assert m["lam/nmi_effects"] == pytest.approx(label_nmi(codes_n, effects_n), abs=1e-6)
+    assert m["lam/nmi_horizontal"] == pytest.approx(label_nmi(codes_n, effects_n // 2), abs=1e-6)
+    assert m["lam/nmi_jump"] == pytest.approx(label_nmi(codes_n, effects_n % 2), abs=1e-6)
+    assert "LAM NMI(latent, horizontal effect)" in markdown_table(m)
     assert m["lam/idm_labels"] == "effects" and m["lam/idm_nmi"] == 0.4
     assert m["lam/nmi_fraction"] == pytest.approx(m["lam/nmi_effects"] / 0.4)
     assert "inverse-dynamics ceiling NMI" in markdown_table(m)

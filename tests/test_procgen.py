@@ -178,7 +178,7 @@ def test_imitation_pipeline_end_to_end(tmp_path: Path) -> None:
 def test_effect_classes_of_the_15_buttons() -> None:
     import torch
 
-    from genie.data.procgen import ACTION_EFFECTS, EFFECTS, effect_ids
+    from genie.data.procgen import ACTION_EFFECTS, EFFECTS, effect_factors, effect_ids
 
     by_name = {name: EFFECTS[ACTION_EFFECTS[i]] for i, name in enumerate(ACTIONS)}
     assert by_name["left"] == by_name["left+down"] == "left" and by_name["left+up"] == "left+jump"
@@ -188,6 +188,9 @@ def test_effect_classes_of_the_15_buttons() -> None:
     ids = np.array([[1, 7, -1], [5, 4, 2]])
     assert effect_ids(ids).tolist() == [[0, 4, -1], [3, 2, 1]]
     assert effect_ids(torch.as_tensor(ids)).tolist() == [[0, 4, -1], [3, 2, 1]]
+    factors = effect_factors(torch.arange(len(EFFECTS)))
+    for name, h, j in zip(EFFECTS, factors["horizontal"].tolist(), factors["jump"].tolist(), strict=True):
+        assert (h == 0) == ("left" in name) and (h == 2) == ("right" in name) and j == ("jump" in name)
 
 
 @pytest.mark.parametrize("repeat", [0.0, 0.8])

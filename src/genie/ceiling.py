@@ -10,7 +10,8 @@ actions, the ceiling every LAM figure is reported against (``lam_nmi / idm_nmi``
 - the alignment check: the same IDM trained against the actions shifted by ``shift`` steps (label of
   x_t -> x_{t+1} is a_{t+shift}); the true alignment (0) should win, by more than noise, over ±1;
 - ``labels: effects`` scores procgen data on the effect classes (left / none / right x jump) instead of the
-  15 buttons (:data:`genie.data.procgen.EFFECTS`).
+  15 buttons (:data:`genie.data.procgen.EFFECTS`), and the NMI of each of its two factors (``nmi_horizontal``:
+  left / none / right, ``nmi_jump``): which of them the pixels reveal.
 
 Writes ``ceiling.json`` and ``ceiling.md`` to the output folder.
 """
@@ -153,6 +154,15 @@ def shuffled_nmi(a: Tensor, b: Tensor, seed: int = 0, repeats: int = 5) -> float
     return sum(nmi(a, b[torch.randperm(b.numel(), generator=g)]) for _ in range(repeats)) / repeats
 
 
+def factor_nmi(pred: Tensor, true: Tensor) -> dict[str, float]:
+    """NMI of predicted against true effect classes per factor (:func:`genie.data.procgen.effect_factors`):
+    ``nmi_horizontal``, ``nmi_jump``."""
+    from genie.data.procgen import effect_factors
+
+    truth = effect_factors(true)
+    return {f"nmi_{k}": nmi(v, truth[k]) for k, v in effect_factors(pred).items()}
+
+
 def score(pred: Tensor, true: Tensor, seed: int = 0) -> dict[str, float]:
     """Accuracy, NMI, the shuffled-label floor and the majority-class rate of a labelling."""
     return {
@@ -192,7 +202,10 @@ def ceiling(
         batches = iter(DataLoader(train, batch_size=8, num_workers=0))
         model = fit_idm(batches, num_classes, cfg, shift)
         val = DataLoader(ClipStream(val_shards, frames=frames, size=size), batch_size=16, num_workers=0)
-        out["by_shift"][str(shift)] = score(*predict(model, val, cfg, shift), seed=cfg.seed)
+        pred, true = predict(model, val, cfg, shift)
+        out["by_shift"][str(shift)] = scores = score(pred, true, seed=cfg.seed)
+        if cfg.labels == "effects":  # which factor of the effect the IDM reads: the direction, the jump
+            scores.update(factor_nmi(pred, true))
     if "0" in out["by_shift"]:
         out.update({f"idm_{k}": v for k, v in out["by_shift"]["0"].items()})
     return out
@@ -222,6 +235,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {r['accuracy']:.3f} | {r['nmi']:.3f} | {r['shuffled_nmi']:.4f} | {r['majority']:.3f} | "
             f"{r['transitions']} |"
         )
+    factors = [
+        f"- {shift}: horizontal {r['nmi_horizontal']:.3f}, jump {r['nmi_jump']:.3f}"
+        for shift, r in result["by_shift"].items()
+        if "nmi_horizontal" in r
+    ]
+    if factors:
+        rows += ["", "NMI of each factor of the effect class, by label alignment:", "", *factors]
     return "\n".join(rows) + "\n"
 
 

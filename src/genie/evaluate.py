@@ -227,10 +227,12 @@ class Evaluator:
                 out["lam/contingency"] = self.nmi.counts[:, : int(true.max()) + 1].tolist()
                 out["lam/nmi_shuffled"] = shuffled_nmi(latent, true, self.cfg.seed)
                 if self.cfg.effects:
-                    from genie.data.procgen import effect_ids
+                    from genie.data.procgen import effect_factors, effect_ids
 
                     effects = torch.as_tensor(effect_ids(true))
                     out["lam/nmi_effects"] = nmi(latent, effects)
+                    for factor, ids in effect_factors(effects).items():
+                        out[f"lam/nmi_{factor}"] = nmi(latent, ids)
                     # the probe over effect classes, beside what naming every transition the commonest class
                     # scores (on CoinRun "none" is half of them: uniform chance, 1/6, is no baseline there)
                     acc, _, labels = self.probe.accuracy_on(effects)
@@ -306,6 +308,8 @@ _LABELS = {
     "lam/transitions": ("labelled transitions", "NMI is biased upward below ~5000"),
     "lam/nmi_shuffled": ("NMI with shuffled true actions", "the small-sample floor"),
     "lam/nmi_effects": ("LAM NMI(latent, effect class)", "procgen: left/none/right x jump"),
+    "lam/nmi_horizontal": ("LAM NMI(latent, horizontal effect)", "procgen: left / none / right"),
+    "lam/nmi_jump": ("LAM NMI(latent, jump)", "procgen: jump or not"),
     "lam/idm_nmi": ("inverse-dynamics ceiling NMI", "supervised, same data (genie.ceiling)"),
     "lam/idm_labels": ("ceiling labels", "actions or effect classes"),
     "lam/nmi_fraction": ("LAM NMI / ceiling NMI", "fraction of what the pixels reveal"),

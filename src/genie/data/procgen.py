@@ -53,6 +53,12 @@ def _effect_of(name: str) -> int:
 ACTION_EFFECTS = tuple(_effect_of(name) for name in ACTIONS)  # action id -> index into EFFECTS
 
 
+def effect_factors(effects: Any) -> dict[str, Any]:
+    """The two factors of effect class ids (:data:`EFFECTS`, a numpy array or torch tensor): ``horizontal``
+    (0 left, 1 none, 2 right) and ``jump`` (0 / 1) - which of the two a labelling carries."""
+    return {"horizontal": effects // 2, "jump": effects % 2}
+
+
 def effect_ids(actions: Any) -> Any:
     """Effect class ids (:data:`EFFECTS`) of procgen action ids (a numpy array or torch tensor of any shape);
     unknown actions (-1) stay -1."""
