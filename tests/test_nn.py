@@ -24,7 +24,7 @@ from genie.nn import (
     rope_frequencies,
     unpatchify,
 )
-from genie.nn.attention import single_query_attention
+from genie.nn.attention import explicit_attention
 
 MODES = ["st", "full", "spatial"]
 POS = ["rope", "learned"]
@@ -178,23 +178,55 @@ def test_attention_cache_matches_full_causal() -> None:
     torch.testing.assert_close(tail5, full[:, 4:5], rtol=1e-5, atol=1e-6)
 
 
-def test_single_query_attention_equals_sdpa() -> None:
-    """The cached step's one-query attention (two batched products) is SDPA's result, gradients included,
-    on non-contiguous views like the cache's, and close to it in bf16."""
+def test_explicit_attention_equals_sdpa() -> None:
+    """The explicit attention (two batched products) is SDPA's result, gradients included: one query per
+    sequence on non-contiguous views like the cache's, a causal mask, a cache's offset causal mask (queries
+    are the last positions); close to it in bf16."""
     torch.manual_seed(0)
-    q = torch.randn(5, 3, 1, 8, requires_grad=True)
     buf_k, buf_v = torch.randn(5, 3, 9, 8, requires_grad=True), torch.randn(5, 3, 9, 8, requires_grad=True)
     k, v = buf_k[:, :, :6], buf_v[:, :, :6]  # a filled part of a preallocated buffer
-    out = single_query_attention(q, k, v)
-    ref = F.scaled_dot_product_attention(q, k, v)
+    for q_len, mask in [
+        (1, None),
+        (6, torch.ones(6, 6, dtype=torch.bool).tril()),
+        (2, torch.ones(2, 6).tril(4)),
+    ]:
+        q = torch.randn(5, 3, q_len, 8, requires_grad=True)
+        mask = None if mask is None else mask.bool()
+        out = explicit_attention(q, k, v, mask)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        grads = torch.autograd.grad(out.square().sum(), (q, buf_k, buf_v))
+        ref_grads = torch.autograd.grad(ref.square().sum(), (q, buf_k, buf_v))
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+        half = explicit_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half.float(), ref, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_short_sequences_on_cpu_match_the_fused_kernel(
+    monkeypatch: pytest.MonkeyPatch, causal: bool
+) -> None:
+    """Below ``CPU_EXPLICIT_MAX_KEYS`` keys the CPU takes the explicit path: the same outputs and gradients
+    as SDPA's kernel (the path every longer sequence takes), with and without the causal mask."""
+    import genie.nn.attention as attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, num_heads=2)
+    x = torch.randn(3, 8, 16, requires_grad=True)
+    calls = []
+    monkeypatch.setattr(attention, "explicit_attention", lambda *a: calls.append(1) or explicit_attention(*a))
+    out = attn(x, causal=causal)
+    assert calls, "8 keys on the CPU take the explicit path"
+    grad = torch.autograd.grad(out.square().sum(), x)[0]
+    monkeypatch.setattr(attention, "CPU_EXPLICIT_MAX_KEYS", 0)
+    calls.clear()
+    ref = attn(x, causal=causal)
+    assert not calls, "with the threshold at 0 SDPA's kernel runs"
+    ref_grad = torch.autograd.grad(ref.square().sum(), x)[0]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    grads = torch.autograd.grad(out.square().sum(), (q, buf_k, buf_v))
-    ref_grads = torch.autograd.grad(ref.square().sum(), (q, buf_k, buf_v))
-    for g, r in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
-    half = single_query_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
-    assert half.dtype == torch.bfloat16
-    torch.testing.assert_close(half.float(), ref, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_rope_scores_depend_only_on_relative_position() -> None:

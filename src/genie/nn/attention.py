@@ -148,15 +148,29 @@ def check_qk_norm(qk_norm: QKNorm) -> QKNorm:
     return qk_norm
 
 
-def single_query_attention(q_BH1K: Tensor, k_BHLK: Tensor, v_BHLK: Tensor) -> Tensor:
-    """Softmax attention of one query per sequence (a cached generation step's temporal attention: each
-    token's new frame over its past frames): the same result as SDPA, as two batched matrix-vector products.
-    With one query there is no score matrix for a fused kernel to tile, and SDPA's CPU kernel pays its
-    per-sequence set-up for every token and head (1.7x slower at one clip, 2.6x at 16); the two products also
-    fuse under ``torch.compile``."""
-    scores_BH1L = torch.einsum("bhqk,bhlk->bhql", q_BH1K, k_BHLK) * q_BH1K.shape[-1] ** -0.5
-    weights_BH1L = scores_BH1L.softmax(-1, dtype=torch.float32).to(v_BHLK.dtype)  # (fp32 under bf16)
-    return torch.einsum("bhql,bhlk->bhqk", weights_BH1L, v_BHLK)
+# Key lengths up to which the CPU takes attention as two matrix products and a softmax (``explicit_attention``)
+# rather than SDPA's fused kernel, which pays a per-sequence set-up that dominates short sequences (measured
+# in the docs' benchmarks: temporal attention over 2-16 frames, a tiny LAM's 8x8 patches).
+CPU_EXPLICIT_MAX_KEYS = 64
+
+
+def explicit_attention(
+    q_BHQK: Tensor, k_BHLK: Tensor, v_BHLK: Tensor, mask_QL: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
+    """Softmax attention as written: scores, softmax (fp32 under bf16), weighted sum - SDPA's result.
+
+    For short sequences (a cached generation step's one query per token, temporal attention over a few
+    frames, small patch grids) on the CPU: there is no score matrix large enough for a fused kernel to tile,
+    and SDPA's CPU kernel pays its set-up for every sequence and head; the two batched products also fuse
+    under ``torch.compile``. ``mask_QL``: True where a query may attend to a key.
+    """
+    scores_BHQL = torch.einsum("bhqk,bhlk->bhql", q_BHQK, k_BHLK) * q_BHQK.shape[-1] ** -0.5
+    if mask_QL is not None:
+        scores_BHQL = scores_BHQL.masked_fill(~mask_QL, float("-inf"))
+    weights_BHQL = scores_BHQL.softmax(-1, dtype=torch.float32).to(v_BHLK.dtype)
+    if dropout_p > 0.0:
+        weights_BHQL = F.dropout(weights_BHQL, dropout_p)
+    return torch.einsum("bhql,bhlk->bhqk", weights_BHQL, v_BHLK)
 
 
 class Attention(nn.Module):
@@ -236,8 +250,12 @@ class Attention(nn.Module):
             attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril(k_len - q_len)
             is_causal = False
         dropout_p = self.dropout if self.training else 0.0
-        if q_len == 1 and attn_mask is None and dropout_p == 0.0:
-            out_BHLK = single_query_attention(q_BHLK, k_BHLK, v_BHLK)
+        if (q_len == 1 and attn_mask is None and dropout_p == 0.0) or (
+            x_BLD.device.type == "cpu" and k_len <= CPU_EXPLICIT_MAX_KEYS
+        ):
+            if is_causal:
+                attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril()
+            out_BHLK = explicit_attention(q_BHLK, k_BHLK, v_BHLK, attn_mask, dropout_p)
         else:
             out_BHLK = F.scaled_dot_product_attention(
                 q_BHLK, k_BHLK, v_BHLK, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
