@@ -132,7 +132,9 @@ def test_delta_psnr_is_zero_when_the_model_ignores_actions() -> None:
     ev.update(clips())
     m = ev.compute()
     assert m["dynamics/actions"] == "true"
-    assert m["dynamics/delta_psnr_t4"] == 0.0  # same prompt, same sampling noise, actions unused
+    # same prompt, same sampling noise, actions unused: the same frames (decoded from rollouts of different
+    # lengths, so equal up to rounding)
+    assert abs(m["dynamics/delta_psnr_t4"]) < 1e-4
 
 
 def test_delta_psnr_is_positive_when_actions_drive_the_world() -> None:
