@@ -150,7 +150,7 @@ def check_qk_norm(qk_norm: QKNorm) -> QKNorm:
 
 # Key lengths up to which the CPU takes attention as two matrix products and a softmax (``explicit_attention``)
 # rather than SDPA's fused kernel, which pays a per-sequence set-up that dominates short sequences (measured
-# in the docs' benchmarks: temporal attention over 2-16 frames, a tiny LAM's 8x8 patches).
+# in the lab notes: temporal attention over 2-16 frames, a tiny LAM's 8x8 patches).
 CPU_EXPLICIT_MAX_KEYS = 64
 
 
@@ -243,18 +243,18 @@ class Attention(nn.Module):
         if cache is not None:
             k_BHLK, v_BHLK = cache.extend(k_BHLK, v_BHLK, frames)
         q_len, k_len = q_BHLK.shape[2], k_BHLK.shape[2]
+        dropout_p = self.dropout if self.training else 0.0
+        explicit = (q_len == 1 and mask_LL is None and dropout_p == 0.0) or (
+            x_BLD.device.type == "cpu" and k_len <= CPU_EXPLICIT_MAX_KEYS
+        )
         attn_mask = mask_LL
         is_causal = causal and attn_mask is None and q_len > 1  # one query sees every key anyway
-        if is_causal and k_len != q_len:
-            # SDPA's is_causal aligns top-left; with a cache the queries are the *last* q_len positions.
+        if is_causal and (explicit or k_len != q_len):
+            # the explicit path takes a mask; SDPA's is_causal aligns top-left, and with a cache the queries
+            # are the *last* q_len positions
             attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril(k_len - q_len)
             is_causal = False
-        dropout_p = self.dropout if self.training else 0.0
-        if (q_len == 1 and attn_mask is None and dropout_p == 0.0) or (
-            x_BLD.device.type == "cpu" and k_len <= CPU_EXPLICIT_MAX_KEYS
-        ):
-            if is_causal:
-                attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril()
+        if explicit:
             out_BHLK = explicit_attention(q_BHLK, k_BHLK, v_BHLK, attn_mask, dropout_p)
         else:
             out_BHLK = F.scaled_dot_product_attention(
