@@ -154,6 +154,12 @@ def check_qk_norm(qk_norm: QKNorm) -> QKNorm:
 CPU_EXPLICIT_MAX_KEYS = 64
 
 
+def causal_mask(q_len: int, k_len: int, device: torch.device | str | None = None) -> Tensor:
+    """``mask_QK``, True where a query may attend to a key: the queries are the last ``q_len`` of ``k_len``
+    positions (earlier keys come from a cache), and each sees every key up to its own position."""
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+
+
 def explicit_attention(
     q_BHQK: Tensor, k_BHLK: Tensor, v_BHLK: Tensor, mask_QL: Tensor | None = None, dropout_p: float = 0.0
 ) -> Tensor:
@@ -252,7 +258,7 @@ class Attention(nn.Module):
         if is_causal and (explicit or k_len != q_len):
             # the explicit path takes a mask; SDPA's is_causal aligns top-left, and with a cache the queries
             # are the *last* q_len positions
-            attn_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=x_BLD.device).tril(k_len - q_len)
+            attn_mask = causal_mask(q_len, k_len, x_BLD.device)
             is_causal = False
         if explicit:
             out_BHLK = explicit_attention(q_BHLK, k_BHLK, v_BHLK, attn_mask, dropout_p)

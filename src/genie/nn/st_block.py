@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from genie.nn.attention import Attention, KVCache, KVCacheLayer, QKNorm, Rope, check_qk_norm
+from genie.nn.attention import Attention, KVCache, KVCacheLayer, QKNorm, Rope, causal_mask, check_qk_norm
 from genie.nn.embed import LearnedPositions, grid_positions, rope_frequencies, rope_inv_freq
 
 AttentionMode = Literal["st", "spatial", "full"]
@@ -105,7 +105,7 @@ def block_causal_mask(q_frames: int, k_frames: int, tokens_per_frame: int, devic
 
     The queries are the last ``q_frames`` of the ``k_frames`` (earlier ones come from a cache).
     """
-    frame_mask = torch.ones(q_frames, k_frames, dtype=torch.bool, device=device).tril(k_frames - q_frames)
+    frame_mask = causal_mask(q_frames, k_frames, device)
     return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
 
 
