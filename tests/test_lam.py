@@ -366,3 +366,45 @@ def test_aids_are_one_nested_config_and_old_flat_configs_and_weights_migrate() -
     loaded = build_from_state("lam", new, state)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     assert int(loaded.state_dict()["vq_warmup.train_steps"]) == 1
+
+
+def test_latent_norm_aid_adds_its_term_in_training_only_and_pulls_the_raw_latent_to_unit_length() -> None:
+    from genie.models.aids import latent_norm_loss
+
+    assert latent_norm_loss(torch.tensor([[3.0, 4.0], [0.6, 0.8]])).item() == pytest.approx(
+        8.0
+    )  # (16 + 0) / 2
+    torch.manual_seed(0)
+    video = torch.rand(2, 4, 3, 32, 48)
+    held = LatentActionModel(tiny_cfg(latent_norm_weight=0.5))
+    free = LatentActionModel(tiny_cfg())
+    free.load_state_dict(held.state_dict())
+    z = free.encode_latents(video).detach()
+    torch.manual_seed(1)
+    out_held = held.train()(video)
+    torch.manual_seed(1)
+    out_free = free.train()(video)
+    assert (out_held.loss - out_free.loss).item() == pytest.approx(0.5 * latent_norm_loss(z).item(), rel=1e-4)
+    assert out_held.latent_norm.item() == pytest.approx(z.norm(dim=-1).mean().item(), rel=1e-5)
+    assert held.eval()(video).loss.item() == pytest.approx(free.eval()(video).loss.item(), rel=1e-6)
+    # training with the term brings an inflated raw latent back towards unit length; without it, it stays long
+    for model in (held, free):
+        with torch.no_grad():
+            model.to_latent.weight.mul_(20)
+    start = held.eval()(video).latent_norm.item()
+    for model in (held, free):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            model.train()(video).loss.backward()
+            opt.step()
+    assert start > 10
+    assert held.eval()(video).latent_norm.item() < start / 3 < free.eval()(video).latent_norm.item()
+
+
+def test_latent_norm_aid_needs_the_cosine_look_up() -> None:
+    with pytest.raises(ValueError, match="latent_norm_weight must be >= 0"):
+        LAMAids(latent_norm_weight=-0.1)
+    for vq in ({"l2_normalize": False}, {"kind": "fsq", "levels": [3, 3]}):
+        with pytest.raises(ValueError, match="needs the cosine look-up"):
+            tiny_cfg(latent_norm_weight=0.01, vq=vq, latent_dim=2 if vq.get("kind") else 8)

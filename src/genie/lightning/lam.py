@@ -110,6 +110,7 @@ class LAMModule(StageModule):
                 "train/loss": out.loss,
                 "train/recon": out.recon_loss,
                 "train/vq_loss": out.vq.loss,
+                "train/latent_norm": out.latent_norm,
                 "train/action_usage": out.vq.usage,
                 "train/action_perplexity": out.vq.perplexity,
                 **{f"train/action_share_{i}": share[i] for i in range(share.numel())},

@@ -18,6 +18,9 @@ without them.
   the direction of motion, so the direction is a linear feature of the input.
 - :class:`VQWarmup` (LAM, ``aids.vq_warmup_steps > 0``): for the first training steps the decoder reads the encoder's
   continuous latent instead of its code, so the encoder learns what the decoder needs before the bottleneck closes.
+- :func:`latent_norm_loss` (LAM, ``aids.latent_norm_weight > 0``): holds the encoder's raw latent near unit length.
+  The cosine look-up reads only its direction, so nothing else bounds its norm, and under Adam the norm grows; the
+  look-up's angle then moves by the optimizer's step divided by that norm, and the encoder learns slower and slower.
 
 Their settings are one nested config per model, ``aids`` (:class:`LAMAids`, :class:`DynamicsAids`; all off by
 default, which is the paper).
@@ -71,6 +74,10 @@ class LAMAids:
     vq_warmup_steps: int = 0
     # Hide this fraction of context patches from the decoder (a learned stand-in), so it must rely on the action.
     decoder_mask_rate: float = 0.0
+    # :func:`latent_norm_loss`'s weight: the encoder's raw latent is held near unit length (with the cosine
+    # look-up, vq.l2_normalize); otherwise its norm grows several-fold in a short run and the latent's direction,
+    # which is all the look-up reads, learns that many times slower.
+    latent_norm_weight: float = 0.0
     # Decoder: also embed each context patch's motion (the motion input, and the flow input with flow_input), so
     # it can carry on the motion it sees and the latent is left what changed it. Worlds with momentum (CoinRun:
     # the view follows a falling, jumping agent) otherwise spend every code on the view's motion. Needs a
@@ -116,6 +123,10 @@ class LAMAids:
             raise ValueError(f"LAM aids.recon_weight must be > 0, got {self.recon_weight}")
         if not 0.0 <= self.decoder_mask_rate < 1.0:
             raise ValueError(f"LAM aids.decoder_mask_rate must be in [0, 1), got {self.decoder_mask_rate}")
+        if self.latent_norm_weight < 0:
+            raise ValueError(
+                f"LAM aids.latent_norm_weight must be >= 0 (0 = off), got {self.latent_norm_weight}"
+            )
 
 
 @dataclass
@@ -176,6 +187,11 @@ class VQWarmup(nn.Module):
     @staticmethod
     def _forget_host_steps(module: nn.Module, incompatible_keys: Any) -> None:
         module._host_steps = None  # type: ignore[assignment]
+
+
+def latent_norm_loss(z: Tensor) -> Tensor:
+    """Mean of (|z| - 1)² over the latents ``z_...A``: zero when every raw latent has unit length."""
+    return (z.float().norm(dim=-1) - 1).pow(2).mean()
 
 
 class CopyHead(nn.Linear):

@@ -32,6 +32,7 @@ from genie.models.aids import (
     as_aids,
     extrapolate_motion,
     global_shift,
+    latent_norm_loss,
     translate,
 )
 from genie.models.common import PatchGeometry
@@ -74,7 +75,8 @@ class LAMConfig(PatchGeometry):
     )
     vq: VQConfig = field(default_factory=lambda: VQConfig(l2_normalize=True))  # a mapping is taken too
     # Aids outside the paper (genie.models.aids; all off by default): residual prediction, the motion input,
-    # short windows, the decoder's shift head, the VQ warm-up, the reconstruction weight, decoder masking.
+    # short windows, the decoder's shift head, the VQ warm-up, the reconstruction weight, decoder masking, the
+    # latent-norm term.
     aids: LAMAids = field(default_factory=LAMAids)  # a mapping is taken too
 
     def __post_init__(self) -> None:
@@ -102,6 +104,11 @@ class LAMConfig(PatchGeometry):
             raise ValueError(
                 "LAM aids.warp_radius > 0, aids.motion_input, aids.decoder_motion, aids.extrapolate_motion and "
                 "aids.target_motion need pixel input"
+            )
+        if self.aids.latent_norm_weight > 0 and (self.vq.kind != "vq" or not self.vq.l2_normalize):
+            raise ValueError(
+                "LAM aids.latent_norm_weight > 0 needs the cosine look-up (vq.kind=vq, vq.l2_normalize=true): "
+                "without it the latent's norm is not free"
             )
 
     @property
@@ -147,8 +154,9 @@ class LAMOutput:
     pred: Tensor  # pixels: next frames video_B(T-1)CHW in [0, 1]; tokens: logits_B(T-1)SV
     actions: Tensor  # actions_B(T-1) long: the code of each transition
     vq: QuantizerOutput
-    loss: Tensor  # reconstruction + VQ
+    loss: Tensor  # reconstruction + VQ (+ the latent-norm aid's term)
     recon_loss: Tensor
+    latent_norm: Tensor  # mean length of the encoder's raw latents (no gradient; aids.latent_norm_weight)
 
 
 class LatentActionModel(nn.Module):
@@ -353,4 +361,9 @@ class LatentActionModel(nn.Module):
         else:
             recon = F.mse_loss(pred.float(), target.float())
         loss = self.cfg.aids.recon_weight * recon + vq_loss
-        return LAMOutput(pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon)
+        if self.cfg.aids.latent_norm_weight > 0 and self.training:
+            loss = loss + self.cfg.aids.latent_norm_weight * latent_norm_loss(z)
+        latent_norm = z.detach().float().norm(dim=-1).mean()
+        return LAMOutput(
+            pred=pred, actions=vq.indices, vq=vq, loss=loss, recon_loss=recon, latent_norm=latent_norm
+        )
