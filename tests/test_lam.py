@@ -371,9 +371,8 @@ def test_aids_are_one_nested_config_and_old_flat_configs_and_weights_migrate() -
 def test_latent_norm_aid_adds_its_term_in_training_only_and_pulls_the_raw_latent_to_unit_length() -> None:
     from genie.models.aids import latent_norm_loss
 
-    assert latent_norm_loss(torch.tensor([[3.0, 4.0], [0.6, 0.8]])).item() == pytest.approx(
-        8.0
-    )  # (16 + 0) / 2
+    lengths_5_and_1 = torch.tensor([[3.0, 4.0], [0.6, 0.8]])
+    assert latent_norm_loss(lengths_5_and_1).item() == pytest.approx(8.0)  # ((5 - 1)² + 0) / 2
     torch.manual_seed(0)
     video = torch.rand(2, 4, 3, 32, 48)
     held = LatentActionModel(tiny_cfg(latent_norm_weight=0.5))
