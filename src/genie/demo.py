@@ -16,8 +16,11 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch import get_num_threads
 
 from genie.config import conf_dir
+from genie.data.shards import atomic_write_text
+from genie.machine import matmul_flops
 from genie.train import train
 
 FAST_DATA = [  # DEMO_FAST: a small dataset shared by every stage
@@ -162,12 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     out_root = Path(os.environ.get("DEMO_DIR", "demo-fast" if fast else "demo")).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    # the machine's speed either side of the run: a wall time means little without it (the budget's VM: docs)
+    rates = [matmul_flops() / 1e9]
     stages = {name: run_stage(name, out_root, fast, args) for name in STAGES}
     evaluation = evaluate_demo(out_root, fast)
     media = actions_gif(out_root)
     gif = play_gif(out_root)
+    rates.append(matmul_flops() / 1e9)
+    seconds = time.time() - start
+    machine = {
+        "seconds": round(seconds),
+        "matmul_gflops": [round(r, 1) for r in rates],
+        "threads": get_num_threads(),
+    }
     summary = out_root / "metrics.json"
-    summary.write_text(json.dumps({"evaluation": evaluation, "stages": stages}, indent=2))
+    atomic_write_text(
+        summary, json.dumps({"evaluation": evaluation, "stages": stages, "machine": machine}, indent=2)
+    )
     lines = ["| stage | metric | value |", "|---|---|---|"]
     for stage, metrics in stages.items():
         for key, value in metrics.items():
@@ -177,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 
     report = "## Held-out evaluation\n\n" + markdown_table(evaluation)
     report += "\n## Training stages (final validation on one held-out batch)\n\n" + "\n".join(lines) + "\n"
-    (out_root / "metrics.md").write_text(report)
+    atomic_write_text(out_root / "metrics.md", report)
     ckpt = out_root / "dynamics" / "checkpoints" / "last.ckpt"
     shards = out_root / "data" / "synthetic-64" / "val-*.tar"
-    print(f"\n[demo] finished in {time.time() - start:.0f}s; everything is under {out_root}")
+    print(
+        f"\n[demo] finished in {seconds:.0f}s (fp32 matmul here: {rates[0]:.0f} / {rates[1]:.0f} GFLOP/s at the start "
+        f"/ end, {machine['threads']} threads); everything is under {out_root}"
+    )
     print(f"[demo] metrics: {out_root / 'metrics.md'} and {summary} (evaluation: {out_root / 'eval'})")
     print(
         f"[demo] each latent action from the same prompt (one row per action): {media['gif']} (.mp4, _strip.png)"

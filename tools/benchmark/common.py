@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from genie.machine import matmul_flops
+
 
 def timeit(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
     """Median seconds per call."""
@@ -24,11 +26,6 @@ def timeit(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def matmul_flops(n: int = 1024, repeat: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / timeit(lambda: a @ b, warmup=1, repeat=repeat)
 
 
 def against_matmul(step: Callable[[], Any], flops: float, n: int, rounds: int) -> dict[str, float]:

@@ -1,0 +1,26 @@
+"""The machine's speed as one number: the fp32 rate of a square matrix product on the CPU at torch's thread
+count. The benchmarks divide every figure by it, and the demo records it beside its wall time, so that a time
+measured on a slower machine reads as one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def matmul_flops(n: int = 1024, repeat: int = 10) -> float:
+    """FLOP/s of an ``n``×``n`` by ``n``×``n`` fp32 product on the CPU: the median of ``repeat`` timed calls
+    after one untimed call."""
+    if n < 1 or repeat < 1:
+        raise ValueError(f"matmul_flops needs n >= 1 and repeat >= 1, got n={n}, repeat={repeat}")
+    g = torch.Generator().manual_seed(0)  # its own generator: a probe leaves the global random state alone
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / sorted(times)[len(times) // 2]
