@@ -8,19 +8,9 @@ from typing import Any
 
 import torch
 
-from genie.machine import matmul_flops
+from genie.machine import matmul_flops, timeit
 
-
-def timeit(fn: Callable[[], Any], warmup: int = 2, repeat: int = 5) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+__all__ = ["against_matmul", "matmul_flops", "sync", "timeit"]  # the two timers live in genie.machine
 
 
 def sync(device: str) -> None:
