@@ -341,6 +341,9 @@ def test_benchmark_quick_writes_json(tmp_path: Path) -> None:
     assert [r["T"] for r in paper] == [4, 8, 16] and paper[-1]["st_over_full_memory"] < 0.2
     assert paper[0]["st_over_full_memory"] > paper[1]["st_over_full_memory"] > paper[2]["st_over_full_memory"]
     assert 0 < result["dynamics_train_step"]["fraction_of_matmul"] < 1.5
+    (vs_plain,) = result["train_genie_over_plain"]  # quick: d 256 only, both steps timed side by side
+    assert vs_plain["dim"] == 256 and vs_plain["genie_s"] > 0 and vs_plain["plain_s"] > 0
+    assert vs_plain["ratio"] == pytest.approx(vs_plain["plain_s"] / vs_plain["genie_s"])
     assert result["play"]["cached_fps"] > 0 and result["play"]["cache_speedup"] > 0
     assert result["play_compiled_bf16"] is None  # (a full run's figure)
     assert isinstance(result["cpu_bf16_units"], bool)

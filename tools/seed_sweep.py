@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genie.data.shards import atomic_write_text
+
 # The demo's targets: metric -> (threshold, what it means).
 TARGETS: dict[str, tuple[float, str]] = {
     "tokenizer/psnr": (28.0, "tokenizer PSNR >= 28 dB"),
@@ -122,13 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 print(f"error: the demo with seed {seed} failed (exit {proc.returncode})", file=sys.stderr)
                 return 1
-            (folder / "seconds.txt").write_text(f"{time.time() - start:.0f}")
+            atomic_write_text(folder / "seconds.txt", f"{time.time() - start:.0f}")
             run = read_run(folder)
         if run is not None:
             runs[seed] = run
             table = summarise(runs)
-            (out / "sweep.json").write_text(json.dumps({"table": table, "runs": runs}, indent=2))
-            (out / "sweep.md").write_text(markdown(table, runs))
+            atomic_write_text(out / "sweep.json", json.dumps({"table": table, "runs": runs}, indent=2))
+            atomic_write_text(out / "sweep.md", markdown(table, runs))
     if not runs:
         print(f"error: no finished seed under {out}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genie.data.procgen import ACTIONS, ProcgenShardConfig, coinrun_expert, procgen_clips, random_policy
+from genie.data.shards import atomic_write_text
 from genie.envs import ActionMap
 
 
@@ -165,7 +166,7 @@ def run(
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "imitation.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out / "imitation.json", json.dumps(results, indent=1))
     lines = [
         "| policy | labels N | mean return | latent→real map accuracy |",
         "|---|---|---|---|",
@@ -175,7 +176,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     ]
     for n, r in results["latent_bc"].items():
         lines.append(f"| BC on latent actions + map | {n} | {r['return']:.2f} | {r['map_accuracy']:.1%} |")
-    (out / "imitation.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "imitation.md", "\n".join(lines) + "\n")
     try:
         import matplotlib
 
@@ -193,7 +194,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     ax.set_ylabel("mean return")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "imitation.png")
+    fig.savefig(out / "imitation.tmp.png")  # then renamed: never half a picture
+    os.replace(out / "imitation.tmp.png", out / "imitation.png")
     plt.close(fig)
 
 

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from genie.config import hydra_entry
+from genie.data.shards import atomic_write_text
 
 
 def _scalar(value: Any) -> Any:
@@ -157,8 +158,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = 
         metrics.update({k: _scalar(v) for k, v in (results[0] if results else {}).items()})
     metrics["train_seconds"] = round(time.time() - start, 1)
     if trainer.is_global_zero:
-        path = out_dir / "metrics.json"
-        path.write_text(json.dumps(metrics, indent=2))
+        # written whole or not at all: the demo and the sweeps take its presence for a finished stage
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         summary = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
         )

@@ -15,7 +15,7 @@ from .data import data_rate
 from .gpu import gpu_main
 from .onexgpt import play_vs_onexgpt
 from .play import cpu_bf16, play_speed
-from .train import dynamics_step, stage_step, tokenizer_step
+from .train import dynamics_step, genie_over_plain, stage_step, tokenizer_step
 
 
 def main() -> None:
@@ -70,6 +70,8 @@ def main() -> None:
     dyn_c = dynamics_step(a.quick, n, compiled=True) if not a.quick else None
     dyn_plain = dynamics_step(a.quick, n, plain=True) if not a.quick else None
     steps = [r for r in (tok, dyn, dyn_c, dyn_plain) if r]
+    # genie's blocks against plain ones, side by side, at the two widths of the 1xgpt comparison (issue #31)
+    vs_plain = [genie_over_plain(d, a.quick) for d in ((256,) if a.quick else (256, 512))]
     samples = [r["matmul_flops_per_s"] for r in steps]
     peak = max(r["matmul_flops_per_s_max"] for r in steps)
     attn = st_vs_full(a.quick)
@@ -103,6 +105,7 @@ def main() -> None:
         "dynamics_train_step": dyn,
         "dynamics_train_step_compiled_blocks": dyn_c,
         "dynamics_train_step_plain_blocks": dyn_plain,
+        "train_genie_over_plain": vs_plain,
         "st_vs_full_attention": attn,
         "st_vs_full_attention_paper_grid": attn_paper,
         "play": play,
@@ -151,6 +154,12 @@ def main() -> None:
             "| the same eager, the ST blocks without QK-norm and rotary positions (what those two cost) | "
             f"{dyn_plain['fraction_of_matmul']:.2f} |"
         ]
+    lines += [
+        f"| dynamics train step (d {r['dim']} × 2 blocks, eager), genie's ST blocks / plain ones (no QK-norm, "
+        f"no rotary positions), side by side | {r['genie_s'] * 1e3:.0f} / {r['plain_s'] * 1e3:.0f} ms: "
+        f"speed ratio {r['ratio']:.2f} (target ≥ 0.95) |"
+        for r in vs_plain
+    ]
     lines += [f"| full / ST attention step time, T={int(r['T'])} | {r['full_over_st']:.2f}× |" for r in attn]
     lines += [
         f"| ST / full attention activation memory, T={int(r['T'])}: materialised / fused attention | "

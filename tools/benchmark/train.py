@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from genie.models import TokenizerConfig, VideoTokenizer
-from genie.models.dynamics import DynamicsModel
+from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.nn import compile_blocks
 
 from .common import against_matmul, sync
@@ -45,13 +45,11 @@ def tokenizer_step(quick: bool, n: int) -> dict[str, float]:
     }
 
 
-def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = False) -> dict[str, float]:
-    """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound.
-    ``compiled``: each ST block through ``torch.compile`` (``callbacks.scale.compile_blocks=true``).
-    ``plain``: the ST blocks without QK-norm and rotary positions (what those two cost)."""
-    from genie.models.dynamics import DynamicsConfig, DynamicsModel
-
-    d = 256 if quick else 512
+def _dynamics_train(
+    d: int, quick: bool, compiled: bool = False, plain: bool = False
+) -> tuple[DynamicsModel, Any, int, int]:
+    """A d-wide, 2-block dynamics model (8×8 tokens, 1024 codes), its fused AdamW and one MaskGIT train step:
+    ``(model, step, batch, frames)``. ``plain``: the ST blocks without QK-norm and rotary positions."""
     st: dict[str, Any] = {"dim": d, "depth": 2, "num_heads": 8}
     if plain:
         st.update(qk_norm="none", pos_emb="none")
@@ -71,6 +69,15 @@ def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = Fal
         loss.backward()
         opt.step()
 
+    return model, step, b, t
+
+
+def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = False) -> dict[str, float]:
+    """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound.
+    ``compiled``: each ST block through ``torch.compile`` (``callbacks.scale.compile_blocks=true``).
+    ``plain``: the ST blocks without QK-norm and rotary positions (what those two cost)."""
+    d = 256 if quick else 512
+    model, step, b, t = _dynamics_train(d, quick, compiled, plain)
     start = time.perf_counter()
     step()  # (the compile, when compiled)
     first = time.perf_counter() - start
@@ -84,6 +91,24 @@ def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = Fal
         "dim": d,
         "first_step_s": first,
     }
+
+
+def genie_over_plain(d: int, quick: bool, rounds: int = 9) -> dict[str, float]:
+    """The eager train step of genie's ST blocks against the same blocks plain (no QK-norm, no rotary
+    positions: a reference ST-transformer), at width ``d``: their steps alternate, two at a time, so that both
+    see the same machine; ``ratio`` is genie's speed over the plain one's (medians)."""
+    steps = {name: _dynamics_train(d, quick, plain=name == "plain")[1] for name in ("genie", "plain")}
+    secs: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():  # warm-up: first-call allocations
+        step()
+    for _ in range(3 if quick else rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            step()
+            secs[name].append((time.perf_counter() - start) / 2)
+    med = {name: sorted(s)[len(s) // 2] for name, s in secs.items()}
+    return {"dim": d, "genie_s": med["genie"], "plain_s": med["plain"], "ratio": med["plain"] / med["genie"]}
 
 
 # each stage's experiment at tiny and CoinRun dims (the dynamics stage's frozen tokenizer and LAM: its dims' ones)
