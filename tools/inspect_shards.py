@@ -16,6 +16,7 @@ import json
 import sys
 
 from genie.data.inspect import format_summary, inspect_shards
+from genie.data.shards import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_summary(summary))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(summary, f, indent=1)
+        atomic_write_text(a.json, json.dumps(summary, indent=1))
     return 1 if summary["corrupt"] else 0
 
 

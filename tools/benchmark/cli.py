@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from genie.data.shards import atomic_write_text
+
 from .attention import st_vs_full, st_vs_full_paper_grid
 from .data import data_rate
 from .gpu import gpu_main
@@ -46,7 +48,7 @@ def main() -> None:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         vs = play_vs_onexgpt(a.onexgpt, a.quick)
-        (out / "onexgpt.json").write_text(json.dumps(vs, indent=2))
+        atomic_write_text(out / "onexgpt.json", json.dumps(vs, indent=2))
         print(onexgpt_row(vs))
         return
     if a.device == "cuda":
@@ -118,7 +120,7 @@ def main() -> None:
     }
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "benchmark.json", json.dumps(result, indent=2))
     lines = [
         "| figure | value |",
         "|---|---|",
@@ -210,7 +212,7 @@ def main() -> None:
         f"clips/s = {data['ratio']:.1f}× (target ≥ 5×) |",
     ]
     table = "\n".join(lines)
-    (out / "benchmark.md").write_text(table + "\n")
+    atomic_write_text(out / "benchmark.md", table + "\n")
     print(table)
     print(f"\nwritten: {out / 'benchmark.json'}, {out / 'benchmark.md'}")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from genie.data.shards import atomic_write_text
 from genie.models.dynamics import DynamicsModel
 
 from .common import timeit
@@ -141,8 +142,8 @@ def gpu_main(out: Path, train: bool = True, play: bool = True, paper: bool | Non
     lines.append(f"| bf16 matmul (8192³), measured | {peak / 1e12:.0f} TFLOP/s |")
 
     def write() -> None:
-        (out / "gpu_benchmark.json").write_text(json.dumps(result, indent=2))
-        (out / "gpu_benchmark.md").write_text("\n".join(lines) + "\n")
+        atomic_write_text(out / "gpu_benchmark.json", json.dumps(result, indent=2))
+        atomic_write_text(out / "gpu_benchmark.md", "\n".join(lines) + "\n")
 
     for label, kwargs in (("eager", {}), ("compiled blocks", {"compile_blocks": True})) if train else ():
         try:
