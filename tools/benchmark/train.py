@@ -73,7 +73,8 @@ def _dynamics_train(
 
 
 def dynamics_step(quick: bool, n: int, compiled: bool = False, plain: bool = False) -> dict[str, float]:
-    """MaskGIT train step of a d=512 dynamics model (fp32): the CPU step should be matmul-bound.
+    """MaskGIT train step of a d=512 dynamics model (d 256 with ``quick``; fp32): the CPU step should be
+    matmul-bound.
     ``compiled``: each ST block through ``torch.compile`` (``callbacks.scale.compile_blocks=true``).
     ``plain``: the ST blocks without QK-norm and rotary positions (what those two cost)."""
     d = 256 if quick else 512
