@@ -242,6 +242,46 @@ def test_rope_scores_depend_only_on_relative_position() -> None:
     assert not torch.allclose(score(3, 1), score(3, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_equals_the_plain_rotation_to_the_bit_forward_and_backward(dtype: torch.dtype) -> None:
+    # the written-out rotation must round every product and sum as x·cos + swap(x)·sin does, so that a
+    # model's numbers do not depend on which of the two ran
+    torch.manual_seed(0)
+    cos, sin = rope_frequencies(
+        torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1).flatten(0, 1), 16
+    )
+    qkv = torch.randn(3, 16, 3, 2, 16, dtype=dtype, requires_grad=True)  # B L three H K
+    q = qkv.permute(2, 0, 3, 1, 4)[0]  # a strided B H L K view, as the attention takes it
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        swapped = torch.cat(xf.chunk(2, dim=-1)[::-1], dim=-1)
+        return (xf * cos + swapped * sin).to(x.dtype)
+
+    weight = torch.randn(3, 2, 16, 16)
+    out = apply_rope(q, cos, sin)
+    (grad,) = torch.autograd.grad((out.float() * weight).sum(), qkv)
+    ref = plain(q)
+    (ref_grad,) = torch.autograd.grad((ref.float() * weight).sum(), qkv)
+    assert out.dtype == dtype and torch.equal(out, ref)
+    assert torch.equal(grad, ref_grad)
+
+
+def test_rope_gradient_checks_twice_and_refuses_trainable_tables() -> None:
+    cos, sin = (t.double() for t in rope_frequencies(torch.arange(5)[:, None], 8))
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    # apply_rope computes in fp32: check its adjoint on the fp32-exact rotation's own terms
+    assert torch.autograd.gradcheck(
+        lambda t: apply_rope(t, cos, sin).double(), (x.float().double(),), eps=1e-3, atol=1e-2
+    )
+    y = apply_rope(x.float(), cos.float(), sin.float())
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)  # a rotation is linear: the second derivative goes through it
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+    with pytest.raises(ValueError, match="constants"):
+        apply_rope(x, cos.requires_grad_(), sin)
+
+
 @pytest.mark.parametrize("mode", ["st", "full"])
 def test_position_tables_are_kept_and_right(mode: str) -> None:
     """The shape-only tables are computed once per grid/prefix/device; every call's tables equal fresh ones."""
