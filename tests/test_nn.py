@@ -520,10 +520,42 @@ def test_error_weighted_restart_puts_dead_codes_where_the_data_is_worst_represen
 def test_vq_training_call_never_waits_for_the_device(restart: str, ema: bool) -> None:
     # On XLA (and meta) restarts run in fixed shapes: the whole training call runs on meta tensors, where
     # reading any value raises (what would be a cut graph on XLA and a host sync per step on a GPU).
-    vq = VectorQuantizer(16, 4, use_ema=ema, dead_code_steps=1, init_from_data=False, restart=restart)
+    vq = VectorQuantizer(
+        16, 4, use_ema=ema, dead_code_steps=1, init_from_data=False, restart=restart, dropout=0.1
+    )
     vq = vq.train().to("meta")
     out = vq(torch.randn(64, 4, device="meta"))
     assert out.z_q.shape == (64, 4) and out.indices.shape == (64,)
+
+
+def test_codebook_dropout_sends_a_share_of_vectors_to_another_code_in_training_only() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, dead_code_steps=0, init_from_data=False, dropout=0.3)
+    vq.codebook.data = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    z = torch.randn(20_000, 2)  # every vector's nearest code is code 0
+    assert vq.eval()(z).indices.eq(0).all()
+    idx = vq.train()(z).indices
+    # code 0 withheld, and not every code with it (a vector that loses all four keeps its nearest)
+    moved = idx.ne(0).float().mean().item()
+    assert abs(moved - 0.3 * (1 - 0.3**3)) < 0.015, moved
+    assert set(idx.unique().tolist()) == {0, 1, 2, 3}
+    # with every code almost always withheld, vectors keep their nearest, never an arbitrary one
+    vq.dropout = 0.999
+    z = torch.randn(2_000, 2) * 0.1 + torch.tensor([10.0, 10.0])  # nearest: code 3
+    assert vq(z).indices.eq(3).float().mean().item() > 0.99
+
+
+def test_codebook_dropout_option_is_checked_and_reaches_the_lam() -> None:
+    from genie.nn import VQConfig
+
+    with pytest.raises(ValueError, match=r"vq\.dropout must be in"):
+        VQConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="codebook dropout must be in"):
+        VectorQuantizer(8, 4, dropout=-0.1)
+    from genie.models.lam import LAMConfig, LatentActionModel
+
+    lam = LatentActionModel(LAMConfig(vq={"dropout": 0.25}))
+    assert isinstance(lam.quantizer, VectorQuantizer) and lam.quantizer.dropout == 0.25
 
 
 def test_vq_restart_option_is_checked() -> None:

@@ -52,6 +52,9 @@ class VQConfig:
     restart: str = (
         "uniform"  # dead codes restart on random inputs ("uniform") or weighted by VQ error ("error")
     )
+    # codebook dropout (as Jafar's ``codebook_dropout``): in training each code is withheld from each look-up with
+    # this probability, so a vector sometimes takes its next-nearest code (0: the plain nearest code)
+    dropout: float = 0.0
     # "vq": the nearest of a learned codebook (the paper); "fsq": finite scalar quantisation over ``levels``
     # (the fields above do not apply to it)
     kind: str = "vq"
@@ -69,6 +72,8 @@ class VQConfig:
             self.levels = [int(n) for n in self.levels]
         if self.restart not in ("uniform", "error"):
             raise ValueError(f"vq.restart must be 'uniform' or 'error', got {self.restart!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"vq.dropout must be in [0, 1), got {self.dropout}")
         if self.dead_code_steps < 0 or not 0.0 < self.ema_decay < 1.0 or self.beta < 0:
             raise ValueError(
                 f"vq needs dead_code_steps >= 0, 0 < ema_decay < 1 and beta >= 0, got {self.dead_code_steps}, "
@@ -95,6 +100,9 @@ class VectorQuantizer(nn.Module):
       (in proportion to each vector's squared distance to its code: new codes go where the codebook
       represents the data worst, e.g. the rare edges of a mostly flat image, not onto another copy of the
       commonest vector).
+    - ``dropout``: codebook dropout - in training each code is withheld from each vector's look-up with this
+      probability (a vector that loses every code keeps its nearest), so the decoder sees the next-nearest
+      code now and then; evaluation always takes the nearest.
     Restarts run in fixed shapes whatever the number of dead codes: a candidate is drawn for every code and
     kept where the code is dead (error-weighted draws without replacement as Gumbel top-k), so a training
     call never reads a value back from the device - on XLA each training step stays one graph, compiled once;
@@ -118,13 +126,17 @@ class VectorQuantizer(nn.Module):
         init_from_data: bool = True,
         eps: float = 1e-5,
         restart: str = "uniform",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if num_codes < 1 or code_dim < 1:
             raise ValueError(f"num_codes and code_dim must be positive, got {num_codes} and {code_dim}")
         if restart not in ("uniform", "error"):
             raise ValueError(f"restart must be 'uniform' or 'error', got {restart!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"codebook dropout must be in [0, 1), got {dropout}")
         self.restart = restart
+        self.dropout = dropout
         self.num_codes = num_codes
         self.code_dim = code_dim
         self.beta = beta
@@ -174,6 +186,8 @@ class VectorQuantizer(nn.Module):
             dist_NK = (
                 z_ND.pow(2).sum(-1, keepdim=True) - 2 * z_ND @ codes_KD.t() + codes_KD.pow(2).sum(-1)[None]
             )
+            if self.training and self.dropout > 0:
+                dist_NK = _drop_codes(dist_NK, self.dropout)
             idx_N = dist_NK.argmin(-1)
             q_ND = F.embedding(idx_N, codes_KD)
             counts_K = _histogram(idx_N, self.num_codes)
@@ -343,6 +357,16 @@ class FiniteScalarQuantizer(nn.Module):
         lv = torch.tensor(self.levels, device=indices.device)
         digits = (indices[..., None] // self.basis) % lv
         return (digits - self.half_span) / self.half_span
+
+
+def _drop_codes(dist_NK: Tensor, p: float) -> Tensor:
+    """``dist_NK`` with each entry withheld (set to +inf) with probability ``p``, except each row's nearest where
+    the row would lose every code."""
+    drop_NK = torch.rand_like(dist_NK) < p
+    lost_N1 = drop_NK.all(-1, keepdim=True)
+    keep_N1 = dist_NK.argmin(-1, keepdim=True)
+    drop_NK = drop_NK.scatter(-1, keep_N1, drop_NK.gather(-1, keep_N1) & ~lost_N1)
+    return dist_NK.masked_fill(drop_NK, float("inf"))
 
 
 def _histogram(idx_N: Tensor, num_codes: int) -> Tensor:
