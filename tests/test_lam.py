@@ -84,6 +84,8 @@ def test_num_params_closed_form(kind: str) -> None:
     cfg = tiny_cfg(
         input=kind, token_vocab=64, token_grid=(3, 4), decoder_mask_rate=0.3 if kind == "pixels" else 0.0
     )
+    assert cfg.num_params() == sum(p.numel() for p in LatentActionModel(cfg).parameters())
+    cfg = tiny_cfg(input=kind, token_vocab=64, token_grid=(3, 4), decoder_anchor=True)
     model = LatentActionModel(cfg)
     assert cfg.num_params() == sum(p.numel() for p in model.parameters())
 
@@ -251,6 +253,35 @@ def test_target_motion_moves_the_base_by_the_predicted_transitions_global_shift(
         tiny_cfg(predict_residual=True, target_motion=True, extrapolate_motion=True, window=3)
     with pytest.raises(ValueError, match=r"target_motion needs aids\.predict_residual"):
         tiny_cfg(target_motion=True)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_decoder_anchor_sees_only_the_first_context_frame(residual: bool) -> None:
+    """``aids.decoder_anchor``: every guess depends on the first context frame and the actions alone - the later
+    context frames can be anything - and with residual prediction the base is the anchor; a 2-frame window (no
+    later frame to hide) and the motion aids, which read the hidden frames, are refused."""
+    torch.manual_seed(0)
+    model = LatentActionModel(tiny_cfg(decoder_anchor=True, predict_residual=residual)).eval()
+    assert model.dec_mask is not None
+    video = torch.rand(2, 5, 3, 32, 48)
+    z = model.quantizer.relax(torch.randn(2, 4, 8))
+    other = video.clone()
+    other[:, 1:] = torch.rand_like(other[:, 1:])
+    pred = model.decode(video[:, :-1], z)
+    torch.testing.assert_close(pred, model.decode(other[:, :-1], z))
+    moved = video.clone()
+    moved[:, 0] = torch.rand_like(moved[:, 0])
+    assert (pred - model.decode(moved[:, :-1], z)).abs().amax(dim=(0, 2, 3, 4)).min() > 1e-3  # every guess
+    if residual:  # at initialisation (zero residual head) every guess is the anchor
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.zero_()
+        base = model.decode(video[:, :-1], z)
+        torch.testing.assert_close(base, video[:, :1].clamp(1e-3, 1 - 1e-3).expand_as(base))
+    with pytest.raises(ValueError, match=r"decoder_anchor needs aids\.window >= 3"):
+        tiny_cfg(decoder_anchor=True, window=2)
+    with pytest.raises(ValueError, match=r"decoder_anchor hides the frames aids\.target_motion"):
+        tiny_cfg(decoder_anchor=True, predict_residual=True, target_motion=True)
 
 
 def test_warp_decoder_keeps_the_bottleneck_and_shifts_per_patch() -> None:

@@ -74,6 +74,12 @@ class LAMAids:
     vq_warmup_steps: int = 0
     # Hide this fraction of context patches from the decoder (a learned stand-in), so it must rely on the action.
     decoder_mask_rate: float = 0.0
+    # The decoder sees the first frame of its context only (the anchor); every later context frame is hidden by
+    # the learned stand-in, in training and evaluation (tinyworlds' decoder masking). The latents then carry
+    # every change since the anchor, and a lasting effect (CoinRun's agent facing the way it last went) costs a
+    # wrong code on every later frame, not on the one transition that made it. With predict_residual the base
+    # is the anchor. Needs a window of 3 or more frames (with 2 there is nothing to hide).
+    decoder_anchor: bool = False
     # :func:`latent_norm_loss`'s weight: the encoder's raw latent is held near unit length (with the cosine
     # look-up, vq.l2_normalize); otherwise its norm grows several-fold in a short run and the latent's direction,
     # which is all the look-up reads, learns that many times slower.
@@ -109,6 +115,16 @@ class LAMAids:
                 raise ValueError(
                     f"LAM aids.{name} needs aids.window >= 3 or null (with {self.window} frames the decoder sees "
                     "one frame, so no motion)"
+                )
+        if self.decoder_anchor and self.window is not None and self.window < 3:
+            raise ValueError(
+                f"LAM aids.decoder_anchor needs aids.window >= 3 or null (with {self.window} frames the decoder's "
+                "context is the anchor alone: nothing to hide)"
+            )
+        for name in ("decoder_motion", "extrapolate_motion", "target_motion"):
+            if self.decoder_anchor and getattr(self, name):
+                raise ValueError(
+                    f"LAM aids.decoder_anchor hides the frames aids.{name} reads its motion from: choose one"
                 )
         for name in ("extrapolate_motion", "target_motion"):
             if getattr(self, name) and not self.predict_residual:

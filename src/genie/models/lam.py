@@ -10,7 +10,8 @@ paper's default; ``input="tokens"`` is the Tab. 2 ablation (tokenizer ids in, ne
 Collapse (all transitions mapped to one or two codes) is the commonest failure of public reimplementations.
 Guards here: l2-normalised codes (cosine look-up), a small latent dim, codes initialised from data and
 restarted after ``dead_code_steps`` unused steps, per-code usage reported on every call, and optionally
-``aids.decoder_mask_rate`` (randomly hide context patches from the decoder so it must rely on the action).
+``aids.decoder_mask_rate`` (randomly hide context patches from the decoder so it must rely on the action) or
+``aids.decoder_anchor`` (the decoder sees the first frame of its context only).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class LAMConfig(PatchGeometry):
             + (de + 1) * a  # to latent
             + (self.num_actions * a if self.vq.kind == "vq" else 0)  # codebook (fsq has none)
             + (a + 1) * dd  # latent to decoder
-            + (dd if self.aids.decoder_mask_rate > 0 else 0)  # decoder mask token
+            + (dd if self.aids.decoder_mask_rate > 0 or self.aids.decoder_anchor else 0)  # decoder mask token
             + ((self.channels * self.patch**2 + 1) * de if self.aids.motion_input else 0)
             + ((2 * self.channels * self.patch**2 + 1) * de if self.aids.flow_input else 0)
             + ((self.channels * self.patch**2 + 1) * dd if self.aids.decoder_motion else 0)
@@ -192,9 +193,10 @@ class LatentActionModel(nn.Module):
         self.vq_warmup = VQWarmup(aids.vq_warmup_steps) if aids.vq_warmup_steps > 0 else None
         self.quantizer = quantizer_from_config(cfg.num_actions, cfg.latent_dim, cfg.vq)
         self.from_latent = nn.Linear(cfg.latent_dim, dd)
-        # A learned stand-in for hidden context patches (only with aids.decoder_mask_rate > 0, so that DDP never
-        # sees an unused parameter).
-        self.dec_mask = nn.Parameter(torch.zeros(dd)) if aids.decoder_mask_rate > 0 else None
+        # A learned stand-in for hidden context patches (only with aids.decoder_mask_rate > 0 or
+        # aids.decoder_anchor, so that DDP never sees an unused parameter).
+        hides = aids.decoder_mask_rate > 0 or aids.decoder_anchor
+        self.dec_mask = nn.Parameter(torch.zeros(dd)) if hides else None
         self.decoder = STTransformer(cfg.dec)
         self.warp_head = (
             WarpHead(dd, aids.warp_radius, aids.warp_stride, cfg.patch, cfg.grid, cfg.hw)
@@ -323,6 +325,11 @@ class LatentActionModel(nn.Module):
         if mask_rate > 0 and self.dec_mask is not None:
             hide = torch.rand(h_BTSD.shape[:3], device=h_BTSD.device) < mask_rate
             h_BTSD = torch.where(hide[..., None], self.dec_mask.to(h_BTSD.dtype), h_BTSD)
+        if (
+            cfg.aids.decoder_anchor and self.dec_mask is not None
+        ):  # every context frame after the first hidden
+            later = self.dec_mask.to(h_BTSD.dtype).expand_as(h_BTSD[:, 1:])
+            h_BTSD = torch.cat((h_BTSD[:, :1], later), dim=1)
         h_BTSD = h_BTSD + self.from_latent(actions_z)[:, :, None]
         h_BTSD = self.decoder(h_BTSD, cfg.grid)
         out = self.head(h_BTSD)
@@ -332,7 +339,9 @@ class LatentActionModel(nn.Module):
         h, w = cfg.hw
         logits = logits[..., :h, :w]
         if cfg.aids.predict_residual:
-            if motion is not None:
+            if cfg.aids.decoder_anchor:
+                base = context[:, :1].expand_as(context)
+            elif motion is not None:
                 base = translate(context, motion)
             elif cfg.aids.extrapolate_motion:
                 base = extrapolate_motion(context)
