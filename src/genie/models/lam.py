@@ -325,9 +325,8 @@ class LatentActionModel(nn.Module):
         if mask_rate > 0 and self.dec_mask is not None:
             hide = torch.rand(h_BTSD.shape[:3], device=h_BTSD.device) < mask_rate
             h_BTSD = torch.where(hide[..., None], self.dec_mask.to(h_BTSD.dtype), h_BTSD)
-        if (
-            cfg.aids.decoder_anchor and self.dec_mask is not None
-        ):  # every context frame after the first hidden
+        if cfg.aids.decoder_anchor and self.dec_mask is not None:
+            # every context frame after the first (the anchor) hidden
             later = self.dec_mask.to(h_BTSD.dtype).expand_as(h_BTSD[:, 1:])
             h_BTSD = torch.cat((h_BTSD[:, :1], later), dim=1)
         h_BTSD = h_BTSD + self.from_latent(actions_z)[:, :, None]
