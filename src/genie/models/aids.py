@@ -99,6 +99,12 @@ class LAMAids:
     # follows it). Worlds whose actions move the whole view lose that signal: off unless measured to help.
     target_motion: bool = False
 
+    @property
+    def hides_context(self) -> bool:
+        """Whether the decoder hides context patches (``decoder_mask_rate`` or ``decoder_anchor``): the model then
+        has the learned stand-in."""
+        return self.decoder_mask_rate > 0 or self.decoder_anchor
+
     def __post_init__(self) -> None:
         if self.window is not None and self.window < 2:
             raise ValueError(

@@ -136,7 +136,7 @@ class LAMConfig(PatchGeometry):
             + (de + 1) * a  # to latent
             + (self.num_actions * a if self.vq.kind == "vq" else 0)  # codebook (fsq has none)
             + (a + 1) * dd  # latent to decoder
-            + (dd if self.aids.decoder_mask_rate > 0 or self.aids.decoder_anchor else 0)  # decoder mask token
+            + (dd if self.aids.hides_context else 0)  # decoder mask token
             + ((self.channels * self.patch**2 + 1) * de if self.aids.motion_input else 0)
             + ((2 * self.channels * self.patch**2 + 1) * de if self.aids.flow_input else 0)
             + ((self.channels * self.patch**2 + 1) * dd if self.aids.decoder_motion else 0)
@@ -193,10 +193,9 @@ class LatentActionModel(nn.Module):
         self.vq_warmup = VQWarmup(aids.vq_warmup_steps) if aids.vq_warmup_steps > 0 else None
         self.quantizer = quantizer_from_config(cfg.num_actions, cfg.latent_dim, cfg.vq)
         self.from_latent = nn.Linear(cfg.latent_dim, dd)
-        # A learned stand-in for hidden context patches (only with aids.decoder_mask_rate > 0 or
-        # aids.decoder_anchor, so that DDP never sees an unused parameter).
-        hides = aids.decoder_mask_rate > 0 or aids.decoder_anchor
-        self.dec_mask = nn.Parameter(torch.zeros(dd)) if hides else None
+        # A learned stand-in for hidden context patches (only where aids.hides_context, so that DDP never sees an
+        # unused parameter).
+        self.dec_mask = nn.Parameter(torch.zeros(dd)) if aids.hides_context else None
         self.decoder = STTransformer(cfg.dec)
         self.warp_head = (
             WarpHead(dd, aids.warp_radius, aids.warp_stride, cfg.patch, cfg.grid, cfg.hw)
