@@ -144,3 +144,70 @@ def test_lam_codes_tool_finds_where_the_action_shows_and_tabulates_the_codes(
     assert (
         "24 clips, 360 transitions" in out and "| code | transitions |" in out and "NMI of the codes" in out
     )
+
+
+def test_transition_triples_keep_a_frame_before_and_label_transition_t_at_index_t() -> None:
+    from genie.ceiling import transition_triples
+
+    video = torch.arange(2 * 4).float().reshape(2, 4, 1, 1, 1).expand(2, 4, 3, 2, 2)
+    labels = {"a": torch.tensor([[10, 11, 12], [20, -1, 22]]), "b": torch.tensor([[0, 1, 2], [3, 4, 5]])}
+    x_prev, x_t, x_next, picked = transition_triples(video, labels)
+    assert picked["a"].tolist() == [11, 12, 22] and picked["b"].tolist() == [1, 2, 5]  # t >= 1; -1 dropped
+    assert x_t[:, 0, 0, 0].tolist() == [1, 2, 6]
+    assert (x_t - x_prev == 1).all() and (x_next - x_t == 1).all()
+
+
+def test_next_frame_model_starts_as_a_copy_and_shares_its_start_across_label_counts() -> None:
+    from genie.ceiling import NextFrameModel
+
+    x = torch.rand(4, 3, 16, 16)
+    torch.manual_seed(0)
+    one = NextFrameModel(1, width=8)
+    torch.manual_seed(0)
+    six = NextFrameModel(6, width=8)
+    out = six(torch.rand(4, 3, 16, 16), x, torch.arange(4))
+    assert torch.allclose(out, x.clamp(1e-3, 1 - 1e-3), atol=1e-6)  # zero head: "the next frame is x_t"
+    shared = {k: v for k, v in one.state_dict().items() if not k.startswith("label")}
+    assert all(torch.equal(v, six.state_dict()[k]) for k, v in shared.items())
+
+
+def test_worth_config_names_the_labelling_or_setting_at_fault() -> None:
+    with pytest.raises(ValueError, match="unknown labellings"):
+        CeilingConfig(worth=["buttons"])
+    with pytest.raises(ValueError, match="set labels=effects"):
+        CeilingConfig(worth=["jump"])
+    with pytest.raises(ValueError, match=r"ceiling\.lam_checkpoint"):
+        CeilingConfig(worth=["lam"])
+
+
+@pytest.mark.slow
+def test_the_true_action_is_worth_much_to_the_next_frame_of_a_moving_square_and_a_lam_is_scored(
+    tmp_path: Path,
+) -> None:
+    """The square's i.i.d. move is unpredictable from the frames before it, so a next-frame model told the true
+    action removes a large share of the unlabelled model's error; a (random, untrained) LAM's codes are scored
+    on the same transitions; the report lists each labelling."""
+    from genie.ceiling import markdown
+    from genie.models.lam import LAMConfig, LatentActionModel
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    train = _moving_square_shards(tmp_path / "train", 64, 0)
+    val = _moving_square_shards(tmp_path / "val", 16, 1)
+    lam_cfg = LAMConfig(image_size=(32, 32), patch=8, num_actions=3, latent_dim=4,
+                        encoder={"dim": 16, "depth": 1, "num_heads": 2}, decoder={"dim": 16, "depth": 1, "num_heads": 2})  # fmt: skip
+    ckpt = tmp_path / "lam.ckpt"
+    state = {f"model.{k}": v for k, v in LatentActionModel(lam_cfg).state_dict().items()}
+    torch.save(
+        {"state_dict": state, "hyper_parameters": {"stage": "lam", "model": dataclasses.asdict(lam_cfg)}},
+        ckpt,
+    )
+    cfg = CeilingConfig(shifts=[], worth=["true", "lam"], worth_steps=300, batch_size=64, width=8,
+                        val_transitions=200, lam_checkpoint=str(ckpt))  # fmt: skip
+    out = ceiling(train, val, cfg, size=(32, 32))
+    worth = out["worth"]
+    assert worth["transitions"] >= 200 and worth["none"]["explained"] == 0.0
+    assert worth["none"]["mse"] < worth["copy_last_mse"]  # it learnt the scene's still parts at least
+    assert worth["true"]["explained"] > 0.5  # the move is what the frames before cannot tell
+    assert worth["lam"]["classes"] == 3 and abs(worth["lam"]["explained"]) < worth["true"]["explained"]
+    assert "| true | 3 |" in markdown(out) and "| lam | 3 |" in markdown(out)

@@ -13,6 +13,15 @@ actions, the ceiling every LAM figure is reported against (``lam_nmi / idm_nmi``
   15 buttons (:data:`genie.data.procgen.EFFECTS`), and the NMI of each of its two factors (``nmi_horizontal``:
   left / none / right, ``nmi_jump``): which of them the pixels reveal.
 
+The IDM says what the pixels reveal about an action; a LAM learns from something else - how much a label of
+the transition lowers the error of predicting the next frame. ``worth`` measures that for each labelling it
+names: one small next-frame model (:class:`NextFrameModel`, on x_{t-1}, x_t and the label) per labelling, all
+trained on the same transitions, scored on held-out ones against the same model given no label
+(``explained``: the share of its error the label removes). Labellings: ``true`` (the clips' actions, or effect
+classes), ``horizontal`` / ``jump`` (one factor of the effect class), ``lam`` (the codes of the LAM at
+``lam_checkpoint``). When a LAM's codes explain more of the next frame than the true actions do, its objective
+prefers what they carry over the actions, and no optimiser fix will turn them to the actions.
+
 Writes ``ceiling.json`` and ``ceiling.md`` to the output folder.
 """
 
@@ -23,13 +32,16 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genie.metrics.actions import nmi_from_counts
+
+if TYPE_CHECKING:
+    from genie.models.lam import LatentActionModel
 
 
 class InverseDynamicsModel(nn.Module):
@@ -66,6 +78,67 @@ def transition_pairs(
     return x_t.flatten(0, 1)[keep], x_next.flatten(0, 1)[keep], labels.reshape(-1)[keep]
 
 
+class NextFrameModel(nn.Module):
+    """``x_next_NCHW = model(x_prev_NCHW, x_t_NCHW, label_N)``: a small convolutional next-frame predictor given a
+    label of the transition. A stride-2 stem, dilated residual blocks at half resolution each told the label (a
+    learned bias per label and block, added after the block's norm), and a pixel-shuffle head whose change is added to x_t in logit space
+    (zero at the start: "the next frame is the last one")."""
+
+    def __init__(
+        self,
+        num_labels: int,
+        channels: int = 3,
+        width: int = 32,
+        dilations: tuple[int, ...] = (1, 2, 4, 8, 1),
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.stem = nn.Conv2d(2 * channels, width, 4, stride=2, padding=1)
+        self.norms = nn.ModuleList(nn.GroupNorm(8, width) for _ in dilations)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=d, dilation=d) for d in dilations)
+        out = nn.Conv2d(width, 4 * channels, 3, padding=1)
+        for param in out.parameters():
+            nn.init.zeros_(param)
+        self.head = nn.Sequential(nn.GroupNorm(8, width), nn.SiLU(), out)
+        # made last, so that models of any label count start from the same weights under one seed
+        self.label = nn.Embedding(num_labels, width * len(dilations))
+
+    def forward(self, x_prev_NCHW: Tensor, x_t_NCHW: Tensor, label_N: Tensor) -> Tensor:
+        h = self.stem(torch.cat((x_prev_NCHW, x_t_NCHW), dim=1))
+        bias = self.label(label_N).reshape(label_N.shape[0], len(self.convs), self.width, 1, 1)
+        for i, (norm, conv) in enumerate(zip(self.norms, self.convs, strict=True)):
+            h = h + conv(F.silu(norm(h) + bias[:, i]))  # after the norm, which would remove a constant
+        change = F.pixel_shuffle(self.head(h), 2)
+        return torch.sigmoid(change + torch.logit(x_t_NCHW.clamp(1e-3, 1 - 1e-3)))
+
+
+WORTH = (
+    "true",
+    "horizontal",
+    "jump",
+    "lam",
+)  # the labellings ``worth`` can score, beside the unlabelled model
+
+
+def transition_triples(
+    video_BTCHW: Tensor, labels: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """The transitions x_t -> x_{t+1} with a frame before them (t >= 1) as ``(x_prev, x_t, x_next, labels)``;
+    each labelling ``(B, T-1)`` labels transition t at index t. Transitions any labelling does not know (-1)
+    are dropped."""
+    x_prev, x_t, x_next = video_BTCHW[:, :-2], video_BTCHW[:, 1:-1], video_BTCHW[:, 2:]
+    picked = {k: v[:, 1:].reshape(-1) for k, v in labels.items()}
+    keep = torch.ones(x_t.shape[0] * x_t.shape[1], dtype=torch.bool)
+    for v in picked.values():
+        keep &= v >= 0
+    return (
+        x_prev.flatten(0, 1)[keep],
+        x_t.flatten(0, 1)[keep],
+        x_next.flatten(0, 1)[keep],
+        {k: v[keep] for k, v in picked.items()},
+    )
+
+
 @dataclass
 class CeilingConfig:
     labels: str = "actions"  # actions (the clips' true ids) | effects (procgen's effect classes)
@@ -76,12 +149,25 @@ class CeilingConfig:
     width: int = 32
     val_transitions: int = 7500  # held-out transitions scored (the issue's floor: >= 5000)
     seed: int = 0
+    worth: list[str] = field(default_factory=list)  # labellings scored by their worth to the next frame
+    worth_steps: int = 600  # optimizer steps of the next-frame models
+    lam_checkpoint: str | None = None  # the LAM whose codes the ``lam`` labelling is
 
     def __post_init__(self) -> None:
         if self.labels not in ("actions", "effects"):
             raise ValueError(f"labels must be 'actions' or 'effects', got {self.labels!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.val_transitions < 1:
-            raise ValueError("steps, batch_size and val_transitions must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.val_transitions < 1 or self.worth_steps < 1:
+            raise ValueError("steps, batch_size, val_transitions and worth_steps must be >= 1")
+        self.worth = list(self.worth)
+        unknown = [w for w in self.worth if w not in WORTH]
+        if unknown:
+            raise ValueError(f"worth names unknown labellings {unknown}; choose from {list(WORTH)}")
+        if {"horizontal", "jump"} & set(self.worth) and self.labels != "effects":
+            raise ValueError(
+                "worth 'horizontal' and 'jump' are factors of the effect class; set labels=effects"
+            )
+        if "lam" in self.worth and not self.lam_checkpoint:
+            raise ValueError("worth 'lam' scores a LAM's codes; set ceiling.lam_checkpoint=PATH/TO/lam.ckpt")
 
 
 def _labels(actions: Tensor, kind: str) -> Tensor:
@@ -92,6 +178,23 @@ def _labels(actions: Tensor, kind: str) -> Tensor:
     return actions
 
 
+def _pooled(groups: Iterator[tuple[Tensor, ...]], batch_size: int) -> Iterator[tuple[Tensor, ...]]:
+    """Batches of ``batch_size`` rows drawn at random from a pool fed by ``groups`` (tuples of tensors whose
+    rows belong together, e.g. the transitions of a few clips), so that a batch mixes clips."""
+    pool: list[tuple[Tensor, ...]] = []
+    have = 0
+    while True:
+        while have < batch_size:
+            group = next(groups)
+            pool.append(group)
+            have += group[0].shape[0]
+        parts = [torch.cat(rows) for rows in zip(*pool, strict=True)]
+        perm = torch.randperm(have)
+        take, rest = perm[:batch_size], perm[batch_size:]
+        pool, have = [tuple(p[rest] for p in parts)], int(rest.numel())
+        yield tuple(p[take] for p in parts)
+
+
 def fit_idm(
     batches: Iterator[dict[str, Tensor]], num_classes: int, cfg: CeilingConfig, shift: int = 0
 ) -> InverseDynamicsModel:
@@ -100,19 +203,11 @@ def fit_idm(
     model = InverseDynamicsModel(num_classes, width=cfg.width)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    pool: list[tuple[Tensor, Tensor, Tensor]] = []
-    have = 0
-    for _ in range(cfg.steps):
-        while have < cfg.batch_size:
-            batch = next(batches)
-            pairs = transition_pairs(batch["video"], _labels(batch["actions"], cfg.labels), shift)
-            pool.append(pairs)
-            have += pairs[2].numel()
-        x_t, x_next, y = (torch.cat(parts) for parts in zip(*pool, strict=True))
-        perm = torch.randperm(y.numel())
-        take, rest = perm[: cfg.batch_size], perm[cfg.batch_size :]
-        pool, have = [(x_t[rest], x_next[rest], y[rest])], int(rest.numel())
-        loss = F.cross_entropy(model(x_t[take], x_next[take]), y[take])
+    groups = (
+        transition_pairs(batch["video"], _labels(batch["actions"], cfg.labels), shift) for batch in batches
+    )
+    for _, (x_t, x_next, y) in zip(range(cfg.steps), _pooled(groups, cfg.batch_size), strict=False):
+        loss = F.cross_entropy(model(x_t, x_next), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -187,13 +282,14 @@ def ceiling(
 
     from genie.data.pipeline import ClipStream
 
-    if num_classes is None:
+    if num_classes is None and (cfg.shifts or "true" in cfg.worth):
         if cfg.labels == "effects":
             from genie.data.procgen import EFFECTS
 
             num_classes = len(EFFECTS)
         else:
             num_classes = _max_action(ClipStream(val_shards, frames=frames, size=size)) + 1
+    num_classes = num_classes or 1  # only the true labels need their count
     out: dict[str, Any] = {"labels": cfg.labels, "classes": num_classes, "steps": cfg.steps, "by_shift": {}}
     for shift in cfg.shifts:
         train = ClipStream(
@@ -208,6 +304,104 @@ def ceiling(
             scores.update(factor_nmi(pred, true))
     if "0" in out["by_shift"]:
         out.update({f"idm_{k}": v for k, v in out["by_shift"]["0"].items()})
+    if cfg.worth:
+        out["worth"] = next_frame_worth(train_shards, val_shards, cfg, size, frames, num_classes)
+    return out
+
+
+def _labellings(
+    batch: dict[str, Tensor], cfg: CeilingConfig, lam: LatentActionModel | None
+) -> dict[str, Tensor]:
+    """``none`` (one label for all) and every labelling of ``cfg.worth`` of a batch's transitions, ``(B, T-1)``."""
+    video = batch["video"]
+    out = {"none": torch.zeros(video.shape[0], video.shape[1] - 1, dtype=torch.long)}
+    if {"true", "horizontal", "jump"} & set(cfg.worth):
+        true = _labels(batch["actions"], cfg.labels)
+        if "true" in cfg.worth:
+            out["true"] = true
+        if {"horizontal", "jump"} & set(cfg.worth):
+            from genie.data.procgen import effect_factors
+
+            for name, factor in effect_factors(true).items():
+                if name in cfg.worth:
+                    out[name] = torch.where(true >= 0, factor, -1)
+    if lam is not None:
+        out["lam"] = lam.infer_actions(video).long()
+    return out
+
+
+def next_frame_worth(
+    train_shards: str,
+    val_shards: str,
+    cfg: CeilingConfig,
+    size: tuple[int, int] = (64, 64),
+    frames: int = 16,
+    num_classes: int = 1,
+) -> dict[str, Any]:
+    """Train a :class:`NextFrameModel` per labelling (``none`` and ``cfg.worth``) on the same transitions of
+    ``train_shards``; score each on ``val_shards``: held-out MSE and ``explained``, the share of the unlabelled
+    model's error the labelling removes. ``copy_last_mse``: the error of repeating x_t, the bar all beat."""
+    from torch.utils.data import DataLoader
+
+    from genie.data.pipeline import ClipStream
+
+    lam: LatentActionModel | None = None
+    if "lam" in cfg.worth:
+        from genie.models.io import load_model, resolve_checkpoint
+
+        path = resolve_checkpoint(cfg.lam_checkpoint, "LAM", "ceiling.lam_checkpoint")
+        lam = cast("LatentActionModel", load_model(path, "lam")).eval()
+    classes = {"none": 1, "true": num_classes, "horizontal": 3, "jump": 2}
+    if lam is not None:
+        classes["lam"] = lam.cfg.num_actions
+    names = ["none", *cfg.worth]
+    models: dict[str, NextFrameModel] = {}
+    for name in names:
+        torch.manual_seed(cfg.seed)  # the same initial weights for every labelling
+        models[name] = NextFrameModel(classes[name], width=cfg.width)
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=1e-4) for n, m in models.items()}
+    scheds = {
+        n: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=cfg.lr, total_steps=cfg.worth_steps, pct_start=0.1)
+        for n, o in opts.items()
+    }
+
+    def groups(batches: Iterable[dict[str, Tensor]]) -> Iterator[tuple[Tensor, ...]]:
+        for batch in batches:
+            x_prev, x_t, x_next, labels = transition_triples(batch["video"], _labellings(batch, cfg, lam))
+            yield (x_prev, x_t, x_next, *(labels[n] for n in names))
+
+    train = ClipStream(train_shards, frames=frames, size=size, shuffle_buffer=64, repeat=True, seed=cfg.seed)
+    stream = groups(DataLoader(train, batch_size=8, num_workers=0))
+    for _, (x_prev, x_t, x_next, *labels) in zip(
+        range(cfg.worth_steps), _pooled(stream, cfg.batch_size), strict=False
+    ):
+        for name, label in zip(names, labels, strict=True):
+            loss = F.mse_loss(models[name](x_prev, x_t, label), x_next)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+            scheds[name].step()
+    for m in models.values():
+        m.eval()
+    sums = dict.fromkeys(["copy_last", *names], 0.0)
+    n = 0
+    val = DataLoader(ClipStream(val_shards, frames=frames, size=size), batch_size=16, num_workers=0)
+    with torch.no_grad():
+        for x_prev, x_t, x_next, *labels in groups(val):
+            rows = x_t.shape[0]
+            sums["copy_last"] += float(F.mse_loss(x_t, x_next, reduction="sum")) / x_t[0].numel()
+            for name, label in zip(names, labels, strict=True):
+                err = F.mse_loss(models[name](x_prev, x_t, label), x_next, reduction="sum")
+                sums[name] += float(err) / x_t[0].numel()
+            n += rows
+            if n >= cfg.val_transitions:
+                break
+    if n == 0:
+        raise ValueError("the val shards gave no transition to score the next-frame models on")
+    mse = {k: v / n for k, v in sums.items()}
+    out: dict[str, Any] = {"steps": cfg.worth_steps, "transitions": n, "copy_last_mse": mse["copy_last"]}
+    for name in names:
+        out[name] = {"classes": classes[name], "mse": mse[name], "explained": 1 - mse[name] / mse["none"]}
     return out
 
 
@@ -242,6 +436,19 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if factors:
         rows += ["", "NMI of each factor of the effect class, by label alignment:", "", *factors]
+    worth = result.get("worth")
+    if worth:
+        rows += [
+            "",
+            f"The worth of each labelling to the next frame ({worth['steps']} steps per model, "
+            f"{worth['transitions']} held-out transitions; repeating x_t: MSE {worth['copy_last_mse']:.3e})",
+            "",
+            "| labelling | classes | next-frame MSE | share of the unlabelled model's error it removes |",
+            "|---|---|---|---|",
+        ]
+        for name, r in worth.items():
+            if isinstance(r, dict):
+                rows.append(f"| {name} | {r['classes']} | {r['mse']:.3e} | {r['explained']:+.4f} |")
     return "\n".join(rows) + "\n"
 
 
