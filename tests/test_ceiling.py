@@ -97,6 +97,7 @@ def test_ceiling_command_writes_its_report(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "genie.ceiling", f"train_shards={shards}", f"val_shards={shards}", "size=[32,32]",
          "ceiling.steps=3", "ceiling.batch_size=16", "ceiling.width=8", "ceiling.shifts=[0]",
+         "ceiling.worth=[true]", "ceiling.worth_steps=2", "ceiling.val_transitions=64",
          f"hydra.run.dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -104,6 +105,10 @@ def test_ceiling_command_writes_its_report(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "out" / "ceiling.json").read_text())
     assert set(result["by_shift"]) == {"0"} and 0 <= result["idm_accuracy"] <= 1
     assert "| a_t (true) |" in (tmp_path / "out" / "ceiling.md").read_text()
+    assert (
+        set(result["worth"]) >= {"none", "true"}
+        and "| true | 3 |" in (tmp_path / "out" / "ceiling.md").read_text()
+    )
     bad = subprocess.run(
         [sys.executable, "-m", "genie.ceiling", f"train_shards={shards}", f"val_shards={shards}",
          "ceiling.labels=buttons", f"hydra.run.dir={tmp_path / 'bad'}"],
@@ -172,8 +177,9 @@ def test_next_frame_model_starts_as_a_copy_and_shares_its_start_across_label_cou
 
 
 def test_worth_config_names_the_labelling_or_setting_at_fault() -> None:
-    with pytest.raises(ValueError, match="unknown labellings"):
+    with pytest.raises(ValueError, match="must be true, horizontal, jump or lam, got 'buttons'"):
         CeilingConfig(worth=["buttons"])
+    assert CeilingConfig(worth=[True]).worth == ["true"]  # `worth=[true]` on the command line is a YAML bool
     with pytest.raises(ValueError, match="set labels=effects"):
         CeilingConfig(worth=["jump"])
     with pytest.raises(ValueError, match=r"ceiling\.lam_checkpoint"):

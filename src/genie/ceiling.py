@@ -158,10 +158,9 @@ class CeilingConfig:
             raise ValueError(f"labels must be 'actions' or 'effects', got {self.labels!r}")
         if self.steps < 1 or self.batch_size < 1 or self.val_transitions < 1 or self.worth_steps < 1:
             raise ValueError("steps, batch_size, val_transitions and worth_steps must be >= 1")
-        self.worth = list(self.worth)
-        unknown = [w for w in self.worth if w not in WORTH]
-        if unknown:
-            raise ValueError(f"worth names unknown labellings {unknown}; choose from {list(WORTH)}")
+        from genie.config import choice
+
+        self.worth = [choice(w, WORTH, "each labelling of ceiling.worth") for w in self.worth]
         if {"horizontal", "jump"} & set(self.worth) and self.labels != "effects":
             raise ValueError(
                 "worth 'horizontal' and 'jump' are factors of the effect class; set labels=effects"
