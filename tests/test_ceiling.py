@@ -177,7 +177,7 @@ def test_next_frame_model_starts_as_a_copy_and_shares_its_start_across_label_cou
 
 
 def test_worth_config_names_the_labelling_or_setting_at_fault() -> None:
-    with pytest.raises(ValueError, match="must be true, horizontal, jump or lam, got 'buttons'"):
+    with pytest.raises(ValueError, match="must be true, shuffled, horizontal, jump or lam, got 'buttons'"):
         CeilingConfig(worth=["buttons"])
     assert CeilingConfig(worth=[True]).worth == ["true"]  # `worth=[true]` on the command line is a YAML bool
     with pytest.raises(ValueError, match="set labels=effects"):
@@ -208,12 +208,14 @@ def test_the_true_action_is_worth_much_to_the_next_frame_of_a_moving_square_and_
         {"state_dict": state, "hyper_parameters": {"stage": "lam", "model": dataclasses.asdict(lam_cfg)}},
         ckpt,
     )
-    cfg = CeilingConfig(shifts=[], worth=["true", "lam"], worth_steps=300, batch_size=64, width=8,
+    cfg = CeilingConfig(shifts=[], worth=["true", "shuffled", "lam"], worth_steps=300, batch_size=64, width=8,
                         val_transitions=200, lam_checkpoint=str(ckpt))  # fmt: skip
     out = ceiling(train, val, cfg, size=(32, 32))
     worth = out["worth"]
     assert worth["transitions"] >= 200 and worth["none"]["explained"] == 0.0
     assert worth["none"]["mse"] < worth["copy_last_mse"]  # it learnt the scene's still parts at least
     assert worth["true"]["explained"] > 0.5  # the move is what the frames before cannot tell
+    assert abs(worth["shuffled"]["explained"]) < 0.1  # the same labels, unhooked from their transitions
     assert worth["lam"]["classes"] == 3 and abs(worth["lam"]["explained"]) < worth["true"]["explained"]
     assert "| true | 3 |" in markdown(out) and "| lam | 3 |" in markdown(out)
+    assert "IDM ceiling" not in markdown(out)  # no label alignment asked for: no empty IDM table

@@ -18,7 +18,8 @@ the transition lowers the error of predicting the next frame. ``worth`` measures
 names: one small next-frame model (:class:`NextFrameModel`, on x_{t-1}, x_t and the label) per labelling, all
 trained on the same transitions, scored on held-out ones against the same model given no label
 (``explained``: the share of its error the label removes). Labellings: ``true`` (the clips' actions, or effect
-classes), ``horizontal`` / ``jump`` (one factor of the effect class), ``lam`` (the codes of the LAM at
+classes), ``shuffled`` (the true labels permuted across transitions: worth nothing, so what it reads is the
+measure's noise), ``horizontal`` / ``jump`` (one factor of the effect class), ``lam`` (the codes of the LAM at
 ``lam_checkpoint``). When a LAM's codes explain more of the next frame than the true actions do, its objective
 prefers what they carry over the actions, and no optimiser fix will turn them to the actions.
 
@@ -81,8 +82,8 @@ def transition_pairs(
 class NextFrameModel(nn.Module):
     """``x_next_NCHW = model(x_prev_NCHW, x_t_NCHW, label_N)``: a small convolutional next-frame predictor given a
     label of the transition. A stride-2 stem, dilated residual blocks at half resolution each told the label (a
-    learned bias per label and block, added after the block's norm), and a pixel-shuffle head whose change is added to x_t in logit space
-    (zero at the start: "the next frame is the last one")."""
+    learned bias per label and block, added after the block's norm), and a pixel-shuffle head whose change is
+    added to x_t in logit space (zero at the start: "the next frame is the last one")."""
 
     def __init__(
         self,
@@ -112,12 +113,8 @@ class NextFrameModel(nn.Module):
         return torch.sigmoid(change + torch.logit(x_t_NCHW.clamp(1e-3, 1 - 1e-3)))
 
 
-WORTH = (
-    "true",
-    "horizontal",
-    "jump",
-    "lam",
-)  # the labellings ``worth`` can score, beside the unlabelled model
+# the labellings ``worth`` can score, beside the unlabelled model
+WORTH = ("true", "shuffled", "horizontal", "jump", "lam")
 
 
 def transition_triples(
@@ -281,7 +278,7 @@ def ceiling(
 
     from genie.data.pipeline import ClipStream
 
-    if num_classes is None and (cfg.shifts or "true" in cfg.worth):
+    if num_classes is None and (cfg.shifts or {"true", "shuffled"} & set(cfg.worth)):
         if cfg.labels == "effects":
             from genie.data.procgen import EFFECTS
 
@@ -309,15 +306,21 @@ def ceiling(
 
 
 def _labellings(
-    batch: dict[str, Tensor], cfg: CeilingConfig, lam: LatentActionModel | None
+    batch: dict[str, Tensor], cfg: CeilingConfig, lam: LatentActionModel | None, shuffle: torch.Generator
 ) -> dict[str, Tensor]:
-    """``none`` (one label for all) and every labelling of ``cfg.worth`` of a batch's transitions, ``(B, T-1)``."""
+    """``none`` (one label for all) and every labelling of ``cfg.worth`` of a batch's transitions, ``(B, T-1)``;
+    ``shuffled`` is the true labelling permuted across the batch's transitions by ``shuffle``."""
     video = batch["video"]
     out = {"none": torch.zeros(video.shape[0], video.shape[1] - 1, dtype=torch.long)}
-    if {"true", "horizontal", "jump"} & set(cfg.worth):
+    if {"true", "shuffled", "horizontal", "jump"} & set(cfg.worth):
         true = _labels(batch["actions"], cfg.labels)
         if "true" in cfg.worth:
             out["true"] = true
+        if "shuffled" in cfg.worth:
+            flat = true.reshape(-1).clone()
+            known = (flat >= 0).nonzero().squeeze(1)  # unknown labels stay where they are (and are dropped)
+            flat[known] = flat[known[torch.randperm(known.numel(), generator=shuffle)]]
+            out["shuffled"] = flat.reshape(true.shape)
         if {"horizontal", "jump"} & set(cfg.worth):
             from genie.data.procgen import effect_factors
 
@@ -350,7 +353,7 @@ def next_frame_worth(
 
         path = resolve_checkpoint(cfg.lam_checkpoint, "LAM", "ceiling.lam_checkpoint")
         lam = cast("LatentActionModel", load_model(path, "lam")).eval()
-    classes = {"none": 1, "true": num_classes, "horizontal": 3, "jump": 2}
+    classes = {"none": 1, "true": num_classes, "shuffled": num_classes, "horizontal": 3, "jump": 2}
     if lam is not None:
         classes["lam"] = lam.cfg.num_actions
     names = ["none", *cfg.worth]
@@ -364,9 +367,12 @@ def next_frame_worth(
         for n, o in opts.items()
     }
 
+    shuffle = torch.Generator().manual_seed(cfg.seed)  # its own, so the other models' batches stay the same
+
     def groups(batches: Iterable[dict[str, Tensor]]) -> Iterator[tuple[Tensor, ...]]:
         for batch in batches:
-            x_prev, x_t, x_next, labels = transition_triples(batch["video"], _labellings(batch, cfg, lam))
+            labellings = _labellings(batch, cfg, lam, shuffle)
+            x_prev, x_t, x_next, labels = transition_triples(batch["video"], labellings)
             yield (x_prev, x_t, x_next, *(labels[n] for n in names))
 
     train = ClipStream(train_shards, frames=frames, size=size, shuffle_buffer=64, repeat=True, seed=cfg.seed)
@@ -416,12 +422,14 @@ def _max_action(stream: Iterable[dict[str, Tensor]], clips: int = 64) -> int:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = [
-        f"IDM ceiling ({result['labels']}, {result['classes']} classes, {result['steps']} steps per IDM)",
-        "",
-        "| label alignment | accuracy | NMI | shuffled-label NMI | majority class | transitions |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows: list[str] = []
+    if result["by_shift"]:
+        rows += [
+            f"IDM ceiling ({result['labels']}, {result['classes']} classes, {result['steps']} steps per IDM)",
+            "",
+            "| label alignment | accuracy | NMI | shuffled-label NMI | majority class | transitions |",
+            "|---|---|---|---|---|---|",
+        ]
     for shift, r in result["by_shift"].items():
         name = "a_t (true)" if shift == "0" else f"a_(t{int(shift):+d})"
         rows.append(
@@ -438,7 +446,7 @@ def markdown(result: dict[str, Any]) -> str:
     worth = result.get("worth")
     if worth:
         rows += [
-            "",
+            *([""] if rows else []),
             f"The worth of each labelling to the next frame ({worth['steps']} steps per model, "
             f"{worth['transitions']} held-out transitions; repeating x_t: MSE {worth['copy_last_mse']:.3e})",
             "",
