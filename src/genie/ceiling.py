@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -191,23 +191,32 @@ def _pooled(groups: Iterator[tuple[Tensor, ...]], batch_size: int) -> Iterator[t
         yield tuple(p[take] for p in parts)
 
 
+def _descent(model: nn.Module, lr: float, steps: int) -> Callable[[Tensor], None]:
+    """One optimizer step on a loss, the recipe of every small model here: AdamW under a one-cycle schedule."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+
+    def step(loss: Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    return step
+
+
 def fit_idm(
     batches: Iterator[dict[str, Tensor]], num_classes: int, cfg: CeilingConfig, shift: int = 0
 ) -> InverseDynamicsModel:
     """Train an IDM on transitions drawn from ``batches`` (an endless stream of ``{"video", "actions"}``)."""
     torch.manual_seed(cfg.seed)
     model = InverseDynamicsModel(num_classes, width=cfg.width)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    descend = _descent(model, cfg.lr, cfg.steps)
     groups = (
         transition_pairs(batch["video"], _labels(batch["actions"], cfg.labels), shift) for batch in batches
     )
     for _, (x_t, x_next, y) in zip(range(cfg.steps), _pooled(groups, cfg.batch_size), strict=False):
-        loss = F.cross_entropy(model(x_t, x_next), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        descend(F.cross_entropy(model(x_t, x_next), y))
     return model.eval()
 
 
@@ -361,11 +370,7 @@ def next_frame_worth(
     for name in names:
         torch.manual_seed(cfg.seed)  # the same initial weights for every labelling
         models[name] = NextFrameModel(classes[name], width=cfg.width)
-    opts = {n: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=1e-4) for n, m in models.items()}
-    scheds = {
-        n: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=cfg.lr, total_steps=cfg.worth_steps, pct_start=0.1)
-        for n, o in opts.items()
-    }
+    descend = {n: _descent(m, cfg.lr, cfg.worth_steps) for n, m in models.items()}
 
     shuffle = torch.Generator().manual_seed(cfg.seed)  # its own, so the other models' batches stay the same
 
@@ -381,11 +386,7 @@ def next_frame_worth(
         range(cfg.worth_steps), _pooled(stream, cfg.batch_size), strict=False
     ):
         for name, label in zip(names, labels, strict=True):
-            loss = F.mse_loss(models[name](x_prev, x_t, label), x_next)
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[name].step()
-            scheds[name].step()
+            descend[name](F.mse_loss(models[name](x_prev, x_t, label), x_next))
     for m in models.values():
         m.eval()
     sums = dict.fromkeys(["copy_last", *names], 0.0)
