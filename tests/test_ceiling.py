@@ -177,13 +177,29 @@ def test_next_frame_model_starts_as_a_copy_and_shares_its_start_across_label_cou
 
 
 def test_worth_config_names_the_labelling_or_setting_at_fault() -> None:
-    with pytest.raises(ValueError, match="must be true, shuffled, horizontal, jump or lam, got 'buttons'"):
+    with pytest.raises(
+        ValueError, match=r"must be true, horizontal, jump, lam, shuffled_true, .* got 'buttons'"
+    ):
         CeilingConfig(worth=["buttons"])
     assert CeilingConfig(worth=[True]).worth == ["true"]  # `worth=[true]` on the command line is a YAML bool
-    with pytest.raises(ValueError, match="set labels=effects"):
-        CeilingConfig(worth=["jump"])
-    with pytest.raises(ValueError, match=r"ceiling\.lam_checkpoint"):
-        CeilingConfig(worth=["lam"])
+    for name in ("jump", "shuffled_horizontal"):
+        with pytest.raises(ValueError, match="set labels=effects"):
+            CeilingConfig(worth=[name])
+    for name in ("lam", "shuffled_lam"):
+        with pytest.raises(ValueError, match=r"ceiling\.lam_checkpoint"):
+            CeilingConfig(worth=[name])
+
+
+def test_a_shuffled_labelling_leaves_the_other_labellings_results_as_they_were(tmp_path: Path) -> None:
+    """Each labelling's model sees the same transitions whichever others are asked for: adding a floor
+    (``shuffled_true``) changes no other figure, and the floor has its labelling's classes."""
+    shards = _moving_square_shards(tmp_path, 8, 0)
+    common = {"shifts": [], "worth_steps": 3, "batch_size": 16, "width": 8, "val_transitions": 32}
+    alone = ceiling(shards, shards, CeilingConfig(worth=["true"], **common), size=(32, 32))["worth"]
+    both = ceiling(shards, shards, CeilingConfig(worth=["true", "shuffled_true"], **common), size=(32, 32))
+    assert both["worth"]["true"] == alone["true"] and both["worth"]["none"] == alone["none"]
+    assert both["worth"]["shuffled_true"]["classes"] == alone["true"]["classes"] == 3
+    assert both["worth"]["shuffled_true"]["mse"] != alone["true"]["mse"]  # other labels: another model
 
 
 @pytest.mark.slow
@@ -208,14 +224,15 @@ def test_the_true_action_is_worth_much_to_the_next_frame_of_a_moving_square_and_
         {"state_dict": state, "hyper_parameters": {"stage": "lam", "model": dataclasses.asdict(lam_cfg)}},
         ckpt,
     )
-    cfg = CeilingConfig(shifts=[], worth=["true", "shuffled", "lam"], worth_steps=300, batch_size=64, width=8,
-                        val_transitions=200, lam_checkpoint=str(ckpt))  # fmt: skip
+    cfg = CeilingConfig(shifts=[], worth=["true", "shuffled_true", "lam", "shuffled_lam"], worth_steps=300,
+                        batch_size=64, width=8, val_transitions=200, lam_checkpoint=str(ckpt))  # fmt: skip
     out = ceiling(train, val, cfg, size=(32, 32))
     worth = out["worth"]
     assert worth["transitions"] >= 200 and worth["none"]["explained"] == 0.0
     assert worth["none"]["mse"] < worth["copy_last_mse"]  # it learnt the scene's still parts at least
     assert worth["true"]["explained"] > 0.5  # the move is what the frames before cannot tell
-    assert abs(worth["shuffled"]["explained"]) < 0.1  # the same labels, unhooked from their transitions
+    assert abs(worth["shuffled_true"]["explained"]) < 0.1  # the same labels, unhooked from their transitions
     assert worth["lam"]["classes"] == 3 and abs(worth["lam"]["explained"]) < worth["true"]["explained"]
+    assert worth["shuffled_true"]["classes"] == 3 and worth["shuffled_lam"]["classes"] == 3
     assert "| true | 3 |" in markdown(out) and "| lam | 3 |" in markdown(out)
     assert "IDM ceiling" not in markdown(out)  # no label alignment asked for: no empty IDM table

@@ -18,9 +18,9 @@ the transition lowers the error of predicting the next frame. ``worth`` measures
 names: one small next-frame model (:class:`NextFrameModel`, on x_{t-1}, x_t and the label) per labelling, all
 trained on the same transitions, scored on held-out ones against the same model given no label
 (``explained``: the share of its error the label removes). Labellings: ``true`` (the clips' actions, or effect
-classes), ``shuffled`` (the true labels permuted across transitions: worth nothing, so what it reads is the
-measure's noise), ``horizontal`` / ``jump`` (one factor of the effect class), ``lam`` (the codes of the LAM at
-``lam_checkpoint``). When a LAM's codes explain more of the next frame than the true actions do, its objective
+classes), ``horizontal`` / ``jump`` (one factor of the effect class), ``lam`` (the codes of the LAM at
+``lam_checkpoint``), and ``shuffled_<labelling>`` of each: its labels permuted across transitions - worth
+nothing, with the same classes and frequencies, so what it reads is the measure's floor for that labelling. When a LAM's codes explain more of the next frame than the true actions do, its objective
 prefers what they carry over the actions, and no optimiser fix will turn them to the actions.
 
 Writes ``ceiling.json`` and ``ceiling.md`` to the output folder.
@@ -113,8 +113,14 @@ class NextFrameModel(nn.Module):
         return torch.sigmoid(change + torch.logit(x_t_NCHW.clamp(1e-3, 1 - 1e-3)))
 
 
-# the labellings ``worth`` can score, beside the unlabelled model
-WORTH = ("true", "shuffled", "horizontal", "jump", "lam")
+# the labellings ``worth`` can score, beside the unlabelled model; each also permuted (its floor)
+LABELLINGS = ("true", "horizontal", "jump", "lam")
+WORTH = (*LABELLINGS, *(f"shuffled_{name}" for name in LABELLINGS))
+
+
+def _unshuffled(name: str) -> str:
+    """The labelling a ``worth`` entry is, or permutes (``shuffled_jump`` -> ``jump``)."""
+    return name.removeprefix("shuffled_")
 
 
 def transition_triples(
@@ -158,11 +164,12 @@ class CeilingConfig:
         from genie.config import choice
 
         self.worth = [choice(w, WORTH, "each labelling of ceiling.worth") for w in self.worth]
-        if {"horizontal", "jump"} & set(self.worth) and self.labels != "effects":
+        bases = {_unshuffled(w) for w in self.worth}
+        if {"horizontal", "jump"} & bases and self.labels != "effects":
             raise ValueError(
                 "worth 'horizontal' and 'jump' are factors of the effect class; set labels=effects"
             )
-        if "lam" in self.worth and not self.lam_checkpoint:
+        if "lam" in bases and not self.lam_checkpoint:
             raise ValueError("worth 'lam' scores a LAM's codes; set ceiling.lam_checkpoint=PATH/TO/lam.ckpt")
 
 
@@ -287,7 +294,7 @@ def ceiling(
 
     from genie.data.pipeline import ClipStream
 
-    if num_classes is None and (cfg.shifts or {"true", "shuffled"} & set(cfg.worth)):
+    if num_classes is None and (cfg.shifts or "true" in {_unshuffled(w) for w in cfg.worth}):
         if cfg.labels == "effects":
             from genie.data.procgen import EFFECTS
 
@@ -315,29 +322,35 @@ def ceiling(
 
 
 def _labellings(
-    batch: dict[str, Tensor], cfg: CeilingConfig, lam: LatentActionModel | None, shuffle: torch.Generator
+    batch: dict[str, Tensor],
+    cfg: CeilingConfig,
+    lam: LatentActionModel | None,
+    shufflers: dict[str, torch.Generator],
 ) -> dict[str, Tensor]:
     """``none`` (one label for all) and every labelling of ``cfg.worth`` of a batch's transitions, ``(B, T-1)``;
-    ``shuffled`` is the true labelling permuted across the batch's transitions by ``shuffle``."""
+    ``shuffled_<name>`` is labelling ``name`` permuted across the batch's transitions by ``shufflers[name]``."""
     video = batch["video"]
-    out = {"none": torch.zeros(video.shape[0], video.shape[1] - 1, dtype=torch.long)}
-    if {"true", "shuffled", "horizontal", "jump"} & set(cfg.worth):
+    bases: dict[str, Tensor] = {}
+    wanted = {_unshuffled(w) for w in cfg.worth}
+    if {"true", "horizontal", "jump"} & wanted:
         true = _labels(batch["actions"], cfg.labels)
-        if "true" in cfg.worth:
-            out["true"] = true
-        if "shuffled" in cfg.worth:
-            flat = true.reshape(-1).clone()
-            known = (flat >= 0).nonzero().squeeze(1)  # unknown labels stay where they are (and are dropped)
-            flat[known] = flat[known[torch.randperm(known.numel(), generator=shuffle)]]
-            out["shuffled"] = flat.reshape(true.shape)
-        if {"horizontal", "jump"} & set(cfg.worth):
+        bases["true"] = true
+        if {"horizontal", "jump"} & wanted:
             from genie.data.procgen import effect_factors
 
             for name, factor in effect_factors(true).items():
-                if name in cfg.worth:
-                    out[name] = torch.where(true >= 0, factor, -1)
+                bases[name] = torch.where(true >= 0, factor, -1)
     if lam is not None:
-        out["lam"] = lam.infer_actions(video).long()
+        bases["lam"] = lam.infer_actions(video).long()
+    out = {"none": torch.zeros(video.shape[0], video.shape[1] - 1, dtype=torch.long)}
+    for name in cfg.worth:
+        labels = bases[_unshuffled(name)]
+        if name in shufflers:
+            flat = labels.reshape(-1).clone()
+            known = (flat >= 0).nonzero().squeeze(1)  # unknown labels stay where they are (and are dropped)
+            flat[known] = flat[known[torch.randperm(known.numel(), generator=shufflers[name])]]
+            labels = flat.reshape(labels.shape)
+        out[name] = labels
     return out
 
 
@@ -357,26 +370,27 @@ def next_frame_worth(
     from genie.data.pipeline import ClipStream
 
     lam: LatentActionModel | None = None
-    if "lam" in cfg.worth:
+    if "lam" in {_unshuffled(w) for w in cfg.worth}:
         from genie.models.io import load_model, resolve_checkpoint
 
         path = resolve_checkpoint(cfg.lam_checkpoint, "LAM", "ceiling.lam_checkpoint")
         lam = cast("LatentActionModel", load_model(path, "lam")).eval()
-    classes = {"none": 1, "true": num_classes, "shuffled": num_classes, "horizontal": 3, "jump": 2}
+    classes = {"none": 1, "true": num_classes, "horizontal": 3, "jump": 2}
     if lam is not None:
         classes["lam"] = lam.cfg.num_actions
     names = ["none", *cfg.worth]
     models: dict[str, NextFrameModel] = {}
     for name in names:
         torch.manual_seed(cfg.seed)  # the same initial weights for every labelling
-        models[name] = NextFrameModel(classes[name], width=cfg.width)
+        models[name] = NextFrameModel(classes[_unshuffled(name)], width=cfg.width)
     descend = {n: _descent(m, cfg.lr, cfg.worth_steps) for n, m in models.items()}
 
-    shuffle = torch.Generator().manual_seed(cfg.seed)  # its own, so the other models' batches stay the same
+    # their own generators, so the batches and the other labellings stay the same whichever are asked for
+    shufflers = {n: torch.Generator().manual_seed(cfg.seed) for n in cfg.worth if n.startswith("shuffled_")}
 
     def groups(batches: Iterable[dict[str, Tensor]]) -> Iterator[tuple[Tensor, ...]]:
         for batch in batches:
-            labellings = _labellings(batch, cfg, lam, shuffle)
+            labellings = _labellings(batch, cfg, lam, shufflers)
             x_prev, x_t, x_next, labels = transition_triples(batch["video"], labellings)
             yield (x_prev, x_t, x_next, *(labels[n] for n in names))
 
@@ -407,7 +421,11 @@ def next_frame_worth(
     mse = {k: v / n for k, v in sums.items()}
     out: dict[str, Any] = {"steps": cfg.worth_steps, "transitions": n, "copy_last_mse": mse["copy_last"]}
     for name in names:
-        out[name] = {"classes": classes[name], "mse": mse[name], "explained": 1 - mse[name] / mse["none"]}
+        out[name] = {
+            "classes": classes[_unshuffled(name)],
+            "mse": mse[name],
+            "explained": 1 - mse[name] / mse["none"],
+        }
     return out
 
 
