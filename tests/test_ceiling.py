@@ -106,7 +106,7 @@ def test_ceiling_command_writes_its_report(tmp_path: Path) -> None:
     assert set(result["by_shift"]) == {"0"} and 0 <= result["idm_accuracy"] <= 1
     assert "| a_t (true) |" in (tmp_path / "out" / "ceiling.md").read_text()
     assert (
-        set(result["worth"]) >= {"none", "true"}
+        set(result["worth"]["by_labelling"]) == {"none", "true"}
         and "| true | 3 |" in (tmp_path / "out" / "ceiling.md").read_text()
     )
     bad = subprocess.run(
@@ -195,11 +195,13 @@ def test_a_shuffled_labelling_leaves_the_other_labellings_results_as_they_were(t
     (``shuffled_true``) changes no other figure, and the floor has its labelling's classes."""
     shards = _moving_square_shards(tmp_path, 8, 0)
     common = {"shifts": [], "worth_steps": 3, "batch_size": 16, "width": 8, "val_transitions": 32}
-    alone = ceiling(shards, shards, CeilingConfig(worth=["true"], **common), size=(32, 32))["worth"]
-    both = ceiling(shards, shards, CeilingConfig(worth=["true", "shuffled_true"], **common), size=(32, 32))
-    assert both["worth"]["true"] == alone["true"] and both["worth"]["none"] == alone["none"]
-    assert both["worth"]["shuffled_true"]["classes"] == alone["true"]["classes"] == 3
-    assert both["worth"]["shuffled_true"]["mse"] != alone["true"]["mse"]  # other labels: another model
+    one = CeilingConfig(worth=["true"], **common)
+    two = CeilingConfig(worth=["true", "shuffled_true"], **common)
+    alone = ceiling(shards, shards, one, size=(32, 32))["worth"]["by_labelling"]
+    both = ceiling(shards, shards, two, size=(32, 32))["worth"]["by_labelling"]
+    assert both["true"] == alone["true"] and both["none"] == alone["none"]
+    assert both["shuffled_true"]["classes"] == alone["true"]["classes"] == 3
+    assert both["shuffled_true"]["mse"] != alone["true"]["mse"]  # other labels: another model
 
 
 @pytest.mark.slow
@@ -227,9 +229,10 @@ def test_the_true_action_is_worth_much_to_the_next_frame_of_a_moving_square_and_
     cfg = CeilingConfig(shifts=[], worth=["true", "shuffled_true", "lam", "shuffled_lam"], worth_steps=300,
                         batch_size=64, width=8, val_transitions=200, lam_checkpoint=str(ckpt))  # fmt: skip
     out = ceiling(train, val, cfg, size=(32, 32))
-    worth = out["worth"]
-    assert worth["transitions"] >= 200 and worth["none"]["explained"] == 0.0
-    assert worth["none"]["mse"] < worth["copy_last_mse"]  # it learnt the scene's still parts at least
+    assert out["worth"]["transitions"] >= 200
+    worth = out["worth"]["by_labelling"]
+    assert worth["none"]["explained"] == 0.0
+    assert worth["none"]["mse"] < out["worth"]["copy_last_mse"]  # it learnt the scene's still parts at least
     assert worth["true"]["explained"] > 0.5  # the move is what the frames before cannot tell
     assert abs(worth["shuffled_true"]["explained"]) < 0.1  # the same labels, unhooked from their transitions
     assert worth["lam"]["classes"] == 3 and abs(worth["lam"]["explained"]) < worth["true"]["explained"]

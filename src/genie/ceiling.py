@@ -363,8 +363,9 @@ def next_frame_worth(
     num_classes: int = 1,
 ) -> dict[str, Any]:
     """Train a :class:`NextFrameModel` per labelling (``none`` and ``cfg.worth``) on the same transitions of
-    ``train_shards``; score each on ``val_shards``: held-out MSE and ``explained``, the share of the unlabelled
-    model's error the labelling removes. ``copy_last_mse``: the error of repeating x_t, the bar all beat."""
+    ``train_shards``; score each on ``val_shards``: ``by_labelling[name]`` holds its held-out MSE and
+    ``explained``, the share of the unlabelled model's error it removes. ``copy_last_mse``: the error of
+    repeating x_t, the bar all beat."""
     from torch.utils.data import DataLoader
 
     from genie.data.pipeline import ClipStream
@@ -419,14 +420,20 @@ def next_frame_worth(
     if n == 0:
         raise ValueError("the val shards gave no transition to score the next-frame models on")
     mse = {k: v / n for k, v in sums.items()}
-    out: dict[str, Any] = {"steps": cfg.worth_steps, "transitions": n, "copy_last_mse": mse["copy_last"]}
-    for name in names:
-        out[name] = {
+    by_labelling = {
+        name: {
             "classes": classes[_unshuffled(name)],
             "mse": mse[name],
             "explained": 1 - mse[name] / mse["none"],
         }
-    return out
+        for name in names
+    }
+    return {
+        "steps": cfg.worth_steps,
+        "transitions": n,
+        "copy_last_mse": mse["copy_last"],
+        "by_labelling": by_labelling,
+    }
 
 
 def _max_action(stream: Iterable[dict[str, Tensor]], clips: int = 64) -> int:
@@ -472,9 +479,8 @@ def markdown(result: dict[str, Any]) -> str:
             "| labelling | classes | next-frame MSE | share of the unlabelled model's error it removes |",
             "|---|---|---|---|",
         ]
-        for name, r in worth.items():
-            if isinstance(r, dict):
-                rows.append(f"| {name} | {r['classes']} | {r['mse']:.3e} | {r['explained']:+.4f} |")
+        for name, r in worth["by_labelling"].items():
+            rows.append(f"| {name} | {r['classes']} | {r['mse']:.3e} | {r['explained']:+.4f} |")
     return "\n".join(rows) + "\n"
 
 
