@@ -20,8 +20,9 @@ trained on the same transitions, scored on held-out ones against the same model 
 (``explained``: the share of its error the label removes). Labellings: ``true`` (the clips' actions, or effect
 classes), ``horizontal`` / ``jump`` (one factor of the effect class), ``lam`` (the codes of the LAM at
 ``lam_checkpoint``), and ``shuffled_<labelling>`` of each: its labels permuted across transitions - worth
-nothing, with the same classes and frequencies, so what it reads is the measure's floor for that labelling. When a LAM's codes explain more of the next frame than the true actions do, its objective
-prefers what they carry over the actions, and no optimiser fix will turn them to the actions.
+nothing, with the same classes and frequencies, so what it reads is the measure's floor for that labelling.
+When a LAM's codes explain more of the next frame than the true actions do, its objective prefers what they
+carry over the actions, and no optimiser fix will turn them to the actions.
 
 Writes ``ceiling.json`` and ``ceiling.md`` to the output folder.
 """
