@@ -165,13 +165,18 @@ class CeilingConfig:
         from genie.config import choice
 
         self.worth = [choice(w, WORTH, "each labelling of ceiling.worth") for w in self.worth]
-        bases = {_unshuffled(w) for w in self.worth}
+        bases = self.worth_bases
         if {"horizontal", "jump"} & bases and self.labels != "effects":
             raise ValueError(
                 "worth 'horizontal' and 'jump' are factors of the effect class; set labels=effects"
             )
         if "lam" in bases and not self.lam_checkpoint:
             raise ValueError("worth 'lam' scores a LAM's codes; set ceiling.lam_checkpoint=PATH/TO/lam.ckpt")
+
+    @property
+    def worth_bases(self) -> set[str]:
+        """The labellings the ``worth`` entries are or permute (``shuffled_jump`` needs ``jump``)."""
+        return {_unshuffled(w) for w in self.worth}
 
 
 def _labels(actions: Tensor, kind: str) -> Tensor:
@@ -295,7 +300,7 @@ def ceiling(
 
     from genie.data.pipeline import ClipStream
 
-    if num_classes is None and (cfg.shifts or "true" in {_unshuffled(w) for w in cfg.worth}):
+    if num_classes is None and (cfg.shifts or "true" in cfg.worth_bases):
         if cfg.labels == "effects":
             from genie.data.procgen import EFFECTS
 
@@ -332,7 +337,7 @@ def _labellings(
     ``shuffled_<name>`` is labelling ``name`` permuted across the batch's transitions by ``shufflers[name]``."""
     video = batch["video"]
     bases: dict[str, Tensor] = {}
-    wanted = {_unshuffled(w) for w in cfg.worth}
+    wanted = cfg.worth_bases
     if {"true", "horizontal", "jump"} & wanted:
         true = _labels(batch["actions"], cfg.labels)
         bases["true"] = true
@@ -372,7 +377,7 @@ def next_frame_worth(
     from genie.data.pipeline import ClipStream
 
     lam: LatentActionModel | None = None
-    if "lam" in {_unshuffled(w) for w in cfg.worth}:
+    if "lam" in cfg.worth_bases:
         from genie.models.io import load_model, resolve_checkpoint
 
         path = resolve_checkpoint(cfg.lam_checkpoint, "LAM", "ceiling.lam_checkpoint")
