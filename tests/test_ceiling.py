@@ -151,6 +151,45 @@ def test_lam_codes_tool_finds_where_the_action_shows_and_tabulates_the_codes(
     )
 
 
+def _token_lam_checkpoint(path: Path) -> Path:
+    """An untrained token-input LAM (the Tab. 2 ablation) on 32x32 frames, saved with the tokenizer whose ids
+    it reads, laid out as genie.train writes it."""
+    from genie.models.lam import LAMConfig, LatentActionModel
+    from genie.models.tokenizer import TokenizerConfig, VideoTokenizer
+
+    st = {"dim": 16, "depth": 1, "num_heads": 2}
+    tok_cfg = TokenizerConfig(image_size=(32, 32), patch=8, num_codes=16, code_dim=4, encoder=st, decoder=st)
+    lam_cfg = LAMConfig(image_size=(32, 32), num_actions=3, latent_dim=4, input="tokens", token_vocab=16,
+                        token_grid=(4, 4), encoder=st, decoder=st)  # fmt: skip
+    state = {f"model.{k}": v for k, v in LatentActionModel(lam_cfg).state_dict().items()}
+    state.update({f"tokenizer.{k}": v for k, v in VideoTokenizer(tok_cfg).state_dict().items()})
+    hp = {
+        "stage": "lam",
+        "model": dataclasses.asdict(lam_cfg),
+        "tokenizer_model": dataclasses.asdict(tok_cfg),
+    }
+    torch.save({"state_dict": state, "hyper_parameters": hp}, path)
+    return path
+
+
+def test_a_token_input_lams_codes_are_scored_off_its_own_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ceiling.worth's ``lam`` labelling and tools/lam_codes.py take a token-input LAM's checkpoint: its codes
+    are read off the ids of the tokenizer stored with it (pixels alone would be refused)."""
+    from test_adversarial import tool
+
+    (tmp_path / "d").mkdir()
+    shards = _moving_square_shards(tmp_path / "d", 8, 0)
+    ckpt = _token_lam_checkpoint(tmp_path / "lam.ckpt")
+    cfg = CeilingConfig(shifts=[], worth=["lam"], worth_steps=2, batch_size=8, width=8, val_transitions=32,
+                        lam_checkpoint=str(ckpt))  # fmt: skip
+    worth = ceiling(shards, shards, cfg, size=(32, 32))["worth"]["by_labelling"]
+    assert worth["lam"]["classes"] == 3 and set(worth) == {"none", "lam"}
+    tool("lam_codes").main(["--shards", shards, "--lam", str(ckpt), "--clips", "8", "--size", "32", "32"])
+    assert "8 clips, 120 transitions" in capsys.readouterr().out
+
+
 def test_transition_triples_keep_a_frame_before_and_label_transition_t_at_index_t() -> None:
     from genie.ceiling import transition_triples
 

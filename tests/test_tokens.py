@@ -187,3 +187,74 @@ def test_pixel_stages_refuse_token_data(world: dict[str, Any], tmp_path: Path) -
                         limit_val_batches=0)  # fmt: skip
     with pytest.raises(ValueError, match="for the dynamics stage"):
         trainer.fit(TokenizerModule(model=TOKENIZER), datamodule=data)
+
+
+def test_a_token_input_lam_reads_its_own_tokenizer_wherever_a_lam_is_used(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """The paper's Tab. 2 ablation (a LAM on tokenizer ids): its checkpoint gives back the tokenizer it learnt
+    on; pixels alone are refused in one line; pretokenizing, the dynamics stage, a Genie and the evaluator read
+    its codes off that tokenizer's ids; another tokenizer is refused."""
+    from genie.evaluate import Evaluator, load_components
+    from genie.models import Genie
+    from genie.models.io import load_lam
+
+    token_lam = {**LAM, "input": "tokens", "token_vocab": TOKENIZER["num_codes"], "token_grid": [4, 4]}
+    torch.manual_seed(0)
+    path = _fit(
+        LAMModule(
+            model=token_lam, optim={"lr": 1e-3, "warmup_steps": 1}, tokenizer_ckpt=str(world["tokenizer"])
+        ),
+        tmp_path / "lam",
+    )
+    lam, reader = load_lam(path)
+    assert reader is not None and fingerprint(reader) == fingerprint(
+        load_model(world["tokenizer"], "tokenizer")
+    )
+    assert load_lam(world["lam"])[1] is None  # a pixel LAM reads no tokenizer
+    video = torch.rand(2, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="reads tokenizer ids"):
+        lam.infer_actions(video)
+    codes = lam.infer_actions(reader.encode(video))
+    assert torch.equal(lam.infer_actions(video, tokenizer=reader), codes)
+
+    clips = str(world["root"] / "clips" / "train-*.tar")
+    write_token_shards(clips, tmp_path / "tok", world["tokenizer"], path)
+    for key, (frames, _) in world["clips"].items():
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float().div(255.0)
+        stored = _written(tmp_path / "tok")[key]
+        assert torch.equal(stored["latent_actions"], lam.infer_actions(stored["tokens"][None])[0]), key
+        assert torch.equal(stored["latent_actions"], lam.infer_actions(clip, tokenizer=reader)[0]), key
+    with pytest.raises(ValueError, match="another tokenizer"):
+        write_token_shards(clips, tmp_path / "other", world["other"], path)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        DynamicsModule(model={"transformer": TINY_ST}, tokenizer_ckpt=str(world["other"]), lam_ckpt=str(path))
+
+    # the dynamics stage reads the codes off its tokens: the same loss as on the pretokenized clips
+    module = DynamicsModule(
+        model={"transformer": TINY_ST}, tokenizer_ckpt=str(world["tokenizer"]), lam_ckpt=str(path)
+    )
+    collate = torch.utils.data.default_collate
+    pixel_batch = collate(list(ClipStream(clips, frames=FRAMES, size=(SIZE, SIZE)))[:4])
+    token_batch = collate(list(TokenStream(str(tmp_path / "tok" / "train-*.tar"), frames=FRAMES))[:4])
+    losses = []
+    for batch in (pixel_batch, token_batch):
+        torch.manual_seed(3)
+        losses.append(module.training_step(batch, 0))
+    assert torch.equal(losses[0], losses[1])
+    genie = Genie.from_checkpoints(_fit(module, tmp_path / "dyn"))
+    assert torch.equal(genie.infer_actions(video), codes)
+    cotrained = DynamicsModule(
+        model={"transformer": TINY_ST},
+        tokenizer_ckpt=str(world["tokenizer"]),
+        actions="cotrain",
+        lam=token_lam,
+    )
+    assert torch.isfinite(cotrained.training_step(pixel_batch, 0))  # the co-trained LAM learns on the tokens
+
+    found = load_components(path)
+    assert found.lam is not None and found.lam_tokenizer is not None
+    evaluator = Evaluator(None, found.lam, lam_tokenizer=found.lam_tokenizer)
+    evaluator.update({"video": video, "actions": torch.zeros(2, FRAMES - 1, dtype=torch.long)})
+    shares = evaluator.compute()["lam/code_share"]
+    assert [round(float((codes == a).float().mean()), 4) for a in range(4)] == shares

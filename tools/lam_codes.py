@@ -63,12 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     from genie.data.pipeline import ClipStream
     from genie.evaluate import load_components
 
-    lam = None
+    lam = reader = None
     if args.lam:
-        _, lam, _, _ = load_components(args.lam)
+        found = load_components(args.lam)
+        lam, reader = found.lam, found.lam_tokenizer
         if lam is None:
             sys.exit(f"error: {args.lam} holds no LAM; give a LAM or dynamics checkpoint")
         lam.eval()
+        if reader is not None:
+            reader.eval()
     videos, actions, codes = [], [], []
     stream = ClipStream(args.shards, frames=args.frames, size=tuple(args.size))
     with torch.no_grad():
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             videos.append(batch["video"].float().numpy())
             actions.append(batch["actions"].numpy())
             if lam is not None:
-                codes.append(lam.infer_actions(batch["video"]).numpy())
+                codes.append(lam.infer_actions(batch["video"], tokenizer=reader).numpy())
             if sum(len(v) for v in videos) >= args.clips:
                 break
     if not videos:

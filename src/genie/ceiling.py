@@ -34,7 +34,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from genie.metrics.actions import nmi_from_counts
 
 if TYPE_CHECKING:
     from genie.models.lam import LatentActionModel
+    from genie.models.tokenizer import VideoTokenizer
 
 
 class InverseDynamicsModel(nn.Module):
@@ -332,6 +333,7 @@ def _labellings(
     cfg: CeilingConfig,
     lam: LatentActionModel | None,
     shufflers: dict[str, torch.Generator],
+    lam_tokenizer: VideoTokenizer | None = None,
 ) -> dict[str, Tensor]:
     """``none`` (one label for all) and every labelling of ``cfg.worth`` of a batch's transitions, ``(B, T-1)``;
     ``shuffled_<name>`` is labelling ``name`` permuted across the batch's transitions by ``shufflers[name]``."""
@@ -347,7 +349,7 @@ def _labellings(
             for name, factor in effect_factors(true).items():
                 bases[name] = torch.where(true >= 0, factor, -1)
     if lam is not None:
-        bases["lam"] = lam.infer_actions(video).long()
+        bases["lam"] = lam.infer_actions(video, tokenizer=lam_tokenizer).long()
     out = {"none": torch.zeros(video.shape[0], video.shape[1] - 1, dtype=torch.long)}
     for name in cfg.worth:
         labels = bases[_unshuffled(name)]
@@ -377,11 +379,14 @@ def next_frame_worth(
     from genie.data.pipeline import ClipStream
 
     lam: LatentActionModel | None = None
+    reader: VideoTokenizer | None = None  # the tokenizer a token-input LAM reads
     if "lam" in cfg.worth_bases:
-        from genie.models.io import load_model, resolve_checkpoint
+        from genie.models.io import load_lam, resolve_checkpoint
 
-        path = resolve_checkpoint(cfg.lam_checkpoint, "LAM", "ceiling.lam_checkpoint")
-        lam = cast("LatentActionModel", load_model(path, "lam")).eval()
+        lam, reader = load_lam(resolve_checkpoint(cfg.lam_checkpoint, "LAM", "ceiling.lam_checkpoint"))
+        lam.eval()
+        if reader is not None:
+            reader.eval()
     classes = {"none": 1, "true": num_classes, "horizontal": 3, "jump": 2}
     if lam is not None:
         classes["lam"] = lam.cfg.num_actions
@@ -397,7 +402,7 @@ def next_frame_worth(
 
     def groups(batches: Iterable[dict[str, Tensor]]) -> Iterator[tuple[Tensor, ...]]:
         for batch in batches:
-            labellings = _labellings(batch, cfg, lam, shufflers)
+            labellings = _labellings(batch, cfg, lam, shufflers, reader)
             x_prev, x_t, x_next, labels = transition_triples(batch["video"], labellings)
             yield (x_prev, x_t, x_next, *(labels[n] for n in names))
 

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -93,13 +93,16 @@ class Evaluator:
         sampling: SamplingConfig | None = None,
         cfg: EvalConfig | None = None,
         fvd_extractor: nn.Module | None = None,
+        lam_tokenizer: VideoTokenizer | None = None,
     ) -> None:
+        """``lam_tokenizer``: for a token-input LAM, the tokenizer whose ids it was trained on."""
         if tokenizer is None and lam is None:
             raise ValueError("nothing to evaluate: pass a tokenizer, a LAM or a dynamics checkpoint")
         if dynamics is not None and tokenizer is None:
             raise ValueError("evaluating dynamics needs its tokenizer (a dynamics checkpoint carries it)")
         self.cfg = cfg or EvalConfig()
         self.tokenizer, self.lam, self.dynamics = tokenizer, lam, dynamics
+        self.lam_tokenizer = lam_tokenizer
         self.sampling = sampling or SamplingConfig()
         self.tok_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # mean of per-frame PSNR
         self.tok_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
@@ -145,7 +148,7 @@ class Evaluator:
             self.tok_ssim.update(recon.flatten(0, 1), video.flatten(0, 1))
         actions = None
         if self.lam is not None:
-            actions = self.lam.infer_actions(video)
+            actions = self.lam.infer_actions(video, tokenizer=self.lam_tokenizer)
             self.usage.update(actions)
             if has_true:
                 assert true is not None
@@ -366,16 +369,28 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     return paths
 
 
+class Components(NamedTuple):
+    """What :func:`load_components` found; ``lam_tokenizer`` is the tokenizer whose ids a token-input LAM
+    (``input="tokens"``) reads, None for a pixel LAM."""
+
+    tokenizer: VideoTokenizer | None
+    lam: LatentActionModel | None
+    dynamics: DynamicsModel | None
+    sampling: SamplingConfig | None
+    lam_tokenizer: VideoTokenizer | None = None
+
+
 def load_components(
     checkpoint: str | Path | None = None,
     tokenizer: str | Path | None = None,
     lam: str | Path | None = None,
-) -> tuple[VideoTokenizer | None, LatentActionModel | None, DynamicsModel | None, SamplingConfig | None]:
+) -> Components:
     """Models from a checkpoint of any stage (a dynamics one carries its tokenizer and LAM), plus overrides."""
-    from genie.models.io import checkpoint_stage, load_model, read_checkpoint, resolve_checkpoint
+    from genie.models.io import checkpoint_stage, load_lam, load_model, read_checkpoint, resolve_checkpoint
 
     tok: nn.Module | None = None
-    lam_model: nn.Module | None = None
+    lam_model: LatentActionModel | None = None
+    lam_tok: VideoTokenizer | None = None
     dyn: nn.Module | None = None
     sampling = None
     if checkpoint is not None:
@@ -386,21 +401,21 @@ def load_components(
         if stage == "dynamics":
             dyn = load_model(path, "dynamics", ckpt)
             tok = load_model(path, "tokenizer", ckpt)
-            lam_model = load_model(path, "lam", ckpt) if hp.get("lam_model") is not None else None
+            if hp.get("lam_model") is not None:
+                lam_model, lam_tok = load_lam(path, ckpt)
             if isinstance(hp.get("sampling"), dict):
                 sampling = SamplingConfig(**hp["sampling"])
         elif stage == "lam":
-            lam_model = load_model(path, "lam", ckpt)
+            lam_model, lam_tok = load_lam(path, ckpt)
         else:
             tok = load_model(path, "tokenizer", ckpt)
     if tokenizer is not None:
         tok = load_model(resolve_checkpoint(str(tokenizer), "tokenizer", "tokenizer_ckpt"), "tokenizer")
     if lam is not None:
-        lam_model = load_model(resolve_checkpoint(str(lam), "LAM", "lam_ckpt"), "lam")
+        lam_model, lam_tok = load_lam(resolve_checkpoint(str(lam), "LAM", "lam_ckpt"))
     assert tok is None or isinstance(tok, VideoTokenizer)
-    assert lam_model is None or isinstance(lam_model, LatentActionModel)
     assert dyn is None or isinstance(dyn, DynamicsModel)
-    return tok, lam_model, dyn, sampling
+    return Components(tok, lam_model, dyn, sampling, lam_tok)
 
 
 def run(
@@ -422,7 +437,7 @@ def run(
     cfg = cfg or EvalConfig()
     fixed = PROTOCOLS[cfg.protocol]
     frames = int(fixed["frames"] or frames)
-    tok, lam_model, dyn, sampling = load_components(checkpoint, tokenizer, lam)
+    tok, lam_model, dyn, sampling, lam_tok = load_components(checkpoint, tokenizer, lam)
     given = {k: v for k, v in cfg.sampling.items() if v is not None}
     if fixed["steps"] is not None:
         given["steps"] = fixed["steps"]
@@ -431,12 +446,12 @@ def run(
     assert first is not None
     size = tuple(first.cfg.hw)
     dev = torch.device(device)
-    for m in (tok, lam_model, dyn):
+    for m in (tok, lam_model, dyn, lam_tok):
         if m is not None:
             m.to(dev).eval()
     stream = ClipStream(shards, frames=frames, size=size)
     loader = DataLoader(stream, batch_size=cfg.batch_size, num_workers=0)
-    evaluator = Evaluator(tok, lam_model, dyn, sampling, cfg, fvd_extractor)
+    evaluator = Evaluator(tok, lam_model, dyn, sampling, cfg, fvd_extractor, lam_tok)
     for metric in vars(evaluator).values():
         if isinstance(metric, nn.Module):
             metric.to(dev)

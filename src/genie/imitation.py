@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,10 @@ from torch import nn
 from genie.data.procgen import ACTIONS, ProcgenShardConfig, coinrun_expert, procgen_clips, random_policy
 from genie.data.shards import atomic_write_text
 from genie.envs import ActionMap
+
+if TYPE_CHECKING:
+    from genie.models.lam import LatentActionModel
+    from genie.models.tokenizer import VideoTokenizer
 
 
 @dataclass
@@ -75,11 +79,18 @@ def expert_data(cfg: ImitationConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def infer_latents(lam: nn.Module, frames: np.ndarray, device: str, batch: int = 32) -> np.ndarray:
+def infer_latents(
+    lam: LatentActionModel,
+    frames: np.ndarray,
+    device: str,
+    batch: int = 32,
+    tokenizer: VideoTokenizer | None = None,
+) -> np.ndarray:
+    """The LAM's code for every transition of ``frames_NTHW3``; ``tokenizer``: the one a token-input LAM reads."""
     out = []
     for i in range(0, len(frames), batch):
         video = torch.from_numpy(frames[i : i + batch]).to(device).permute(0, 1, 4, 2, 3).float() / 255
-        out.append(lam.infer_actions(video).cpu())  # type: ignore[operator]
+        out.append(lam.infer_actions(video, tokenizer=tokenizer).cpu())
     return torch.cat(out).numpy()
 
 
@@ -125,13 +136,16 @@ def evaluate(act: Any, cfg: ImitationConfig, seed: int) -> float:
 def run(
     lam_path: str, out_dir: str | os.PathLike[str], cfg: ImitationConfig, device: str = "cpu"
 ) -> dict[str, Any]:
-    from genie.models.io import load_model, resolve_checkpoint
+    from genie.models.io import load_lam, resolve_checkpoint
 
     start = time.time()
-    lam: Any = load_model(resolve_checkpoint(lam_path, "LAM", "lam_ckpt"), "lam").to(device).eval()
+    lam, reader = load_lam(resolve_checkpoint(lam_path, "LAM", "lam_ckpt"))
+    lam.to(device).eval()
+    if reader is not None:
+        reader.to(device).eval()
     num_latent = int(lam.cfg.num_actions)
     frames, real = expert_data(cfg)
-    latent = infer_latents(lam, frames, device)
+    latent = infer_latents(lam, frames, device, tokenizer=reader)
     rng = np.random.default_rng(cfg.seed)
 
     def policy_act(policy: Policy, mapping: np.ndarray | None) -> Any:

@@ -77,11 +77,17 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 # -- writing ----------------------------------------------------------------------------------------------
 def _load_models(tokenizer: str, lam: str | None, device: str) -> tuple[Any, Any]:
-    from genie.models.io import load_model
+    from genie.models.io import check_lam_tokenizer, load_lam, load_model
 
     tok = load_model(tokenizer, "tokenizer").to(device).eval()
-    lam_model = load_model(lam, "lam").to(device).eval() if lam else None
-    return tok, lam_model
+    if not lam:
+        return tok, None
+    lam_model, lam_tokenizer = load_lam(lam)
+    if (
+        lam_tokenizer is not None
+    ):  # a token-input LAM reads this tokenizer's ids: it must be the one it learnt on
+        check_lam_tokenizer(lam_tokenizer, tok, f"--lam {lam}")
+    return tok, lam_model.to(device).eval()
 
 
 def _tokenize_shard(
@@ -104,8 +110,11 @@ def _tokenize_shard(
         frames = torch.from_numpy(np.stack([p[1] for p in pending])).to(device)
         video = frames.float().div_(255.0)
         with torch.no_grad():
-            tokens = tok.encode(video).cpu().numpy()
-            latent = lam_model.infer_actions(video).cpu().numpy() if lam_model is not None else None
+            ids = tok.encode(video)
+            tokens = ids.cpu().numpy()
+            latent = None
+            if lam_model is not None:
+                latent = lam_model.infer_actions(ids if lam_model.reads_tokens else video).cpu().numpy()
         for i, (key, _, record) in enumerate(pending):
             add_member(
                 tar, f"{key}.{TOKENS_EXT}", encode_tokens(tokens[i], None if latent is None else latent[i])

@@ -30,7 +30,7 @@ from genie.lightning.common import (
 from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI, DeltaPSNR, frame_psnr, random_actions
 from genie.models.dynamics import DynamicsConfig, DynamicsModel
-from genie.models.io import config_from_dict, fingerprint, load_model, resolve_checkpoint
+from genie.models.io import check_lam_tokenizer, config_from_dict, fingerprint, load_lam, resolve_checkpoint
 from genie.models.lam import LAMConfig, LatentActionModel
 from genie.models.sampling import SamplingConfig, seeded_generator
 from genie.nn.static_shapes import frame_window
@@ -69,11 +69,10 @@ class DynamicsModule(StageModule):
             if lam_model is not None:
                 self.lam = LatentActionModel(config_from_dict("lam", dict(lam_model)))
             else:
-                loaded = load_model(
-                    resolve_checkpoint(lam_ckpt, "latent action model", "model.lam_ckpt"), "lam"
-                )
-                assert isinstance(loaded, LatentActionModel)
-                self.lam = loaded
+                path = resolve_checkpoint(lam_ckpt, "latent action model", "model.lam_ckpt")
+                self.lam, lam_tokenizer = load_lam(path)
+                if lam_tokenizer is not None:
+                    check_lam_tokenizer(lam_tokenizer, self.tokenizer, f"model.lam_ckpt={path}")
             self.lam.eval().requires_grad_(False)
         elif actions == "cotrain":
             saved = (
@@ -157,11 +156,19 @@ class DynamicsModule(StageModule):
             )
         return frame_window(acts, start, stop - 1)
 
-    def _actions(self, video: Tensor, batch: dict[str, Tensor], start: int, stop: int) -> Tensor:
+    def _lam_input(self, video: Tensor, tokens: Tensor) -> Tensor:
+        """What the LAM reads: the clip's pixels, or its tokens for a token-input LAM (the same tokenizer's: the
+        constructor checks)."""
+        assert self.lam is not None
+        return tokens if self.lam.reads_tokens else video
+
+    def _actions(
+        self, video: Tensor, tokens: Tensor, batch: dict[str, Tensor], start: int, stop: int
+    ) -> Tensor:
         if self.actions == "true":
             return self._true_actions(batch, start, stop)
         assert self.lam is not None
-        return self.lam.infer_actions(video)
+        return self.lam.infer_actions(self._lam_input(video, tokens))
 
     # -- pretokenized clips (data.train_tokens) ------------------------------------------------------
     trains_on_tokens = True
@@ -200,12 +207,12 @@ class DynamicsModule(StageModule):
         lam_loss = torch.zeros((), device=video.device)
         if self.actions == "cotrain":
             assert self.lam is not None
-            lam_out = self.lam(video)
+            lam_out = self.lam(self._lam_input(video, tokens))
             actions = lam_out.actions  # discrete ids: no gradient reaches the LAM through the dynamics
             lam_loss = lam_out.loss
             logs.update({"train/lam_loss": lam_loss, "train/action_usage": lam_out.vq.usage})
         else:
-            actions = self._actions(video, batch, start, stop)
+            actions = self._actions(video, tokens, batch, start, stop)
         loss, acc, _ = self.model.loss(tokens, actions)
         total = loss + self.lam_loss_weight * lam_loss
         n = video.shape[0]
@@ -217,7 +224,7 @@ class DynamicsModule(StageModule):
         video = batch["video"]
         b, t = video.shape[:2]
         tokens = self.tokenizer.encode(video)
-        actions = self._actions(video, batch, 0, t)
+        actions = self._actions(video, tokens, batch, 0, t)
         if self.actions != "true" and "actions" in batch and (batch["actions"] >= 0).any():
             self.val_nmi.update(actions, batch["actions"])
         gen = seeded_generator(video.device, 1000 + batch_idx)

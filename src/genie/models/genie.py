@@ -180,7 +180,7 @@ class Genie(nn.Module):
         """Latent actions between consecutive frames of a real clip (needs the LAM): ``actions_B(T-1)``."""
         if self.lam is None:
             raise RuntimeError("this Genie has no latent action model; load it with lam=... to infer actions")
-        return self.lam.infer_actions(self.to_video(video))
+        return self.lam.infer_actions(self.to_video(video), tokenizer=self.tokenizer)
 
     def _decode(self, tokens_BTHW: Tensor, steady: bool = True) -> Tensor:
         """Pixels of new frames; ``steady=False`` for a one-off shape (the prompt), never compiled."""

@@ -201,6 +201,31 @@ def load_model(path: str | Path, stage: Stage, ckpt: dict[str, Any] | None = Non
     raise ValueError(f"{path} is a {own} checkpoint and holds no {stage} model; pass a {stage} checkpoint")
 
 
+def load_lam(
+    path: str | Path, ckpt: dict[str, Any] | None = None
+) -> tuple[LatentActionModel, VideoTokenizer | None]:
+    """A checkpoint's LAM and, where it reads tokens (``input="tokens"``), the tokenizer whose ids it was trained
+    on: a LAM checkpoint stores that tokenizer, and in a dynamics checkpoint it is the dynamics model's own."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
+    lam = load_model(path, "lam", ckpt)
+    assert isinstance(lam, LatentActionModel)
+    if not lam.reads_tokens:
+        return lam, None
+    tokenizer = load_model(path, "tokenizer", ckpt)
+    assert isinstance(tokenizer, VideoTokenizer)
+    return lam, tokenizer
+
+
+def check_lam_tokenizer(lam_tokenizer: nn.Module, tokenizer: nn.Module, source: str) -> None:
+    """Refuse a token-input LAM beside a tokenizer other than the one whose ids it was trained on: its codes
+    would be read off another vocabulary. ``source`` names the LAM's checkpoint for the message."""
+    if fingerprint(lam_tokenizer) != fingerprint(tokenizer):
+        raise ValueError(
+            f"the LAM {source} reads tokenizer ids (input=tokens) of another tokenizer than this one; use the "
+            "tokenizer it was trained on, or train the LAM on this one (model.tokenizer_ckpt)"
+        )
+
+
 def fingerprint(model: nn.Module) -> str:
     """A digest of a model's config and weights (sha256, hex): the same model gives the same digest wherever it
     was saved (its own checkpoint, inside a dynamics checkpoint, a pretrained folder). Pretokenized shards
@@ -249,9 +274,13 @@ def checkpoint_components(
             load_model(tokenizer, "tokenizer") if tokenizer else load_model(path, "tokenizer", ckpt)
         )
         if lam:
-            parts["lam"] = load_model(lam, "lam")
+            parts["lam"], lam_tokenizer = load_lam(lam)
+            if lam_tokenizer is not None:
+                check_lam_tokenizer(lam_tokenizer, parts["tokenizer"], str(lam))
         elif hp.get("lam_model") is not None:
-            parts["lam"] = load_model(path, "lam", ckpt)
+            parts["lam"], lam_tokenizer = load_lam(path, ckpt)
+            if tokenizer and lam_tokenizer is not None:
+                check_lam_tokenizer(lam_tokenizer, parts["tokenizer"], str(path))
     sampling = hp.get("sampling") if isinstance(hp.get("sampling"), dict) else None
     return parts, sampling
 

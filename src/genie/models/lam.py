@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,9 @@ from genie.nn import (
     quantizer_from_config,
     unpatchify,
 )
+
+if TYPE_CHECKING:
+    from genie.models.tokenizer import VideoTokenizer
 
 LAMInput = Literal["pixels", "tokens"]
 
@@ -287,9 +290,26 @@ class LatentActionModel(nn.Module):
     def quantize(self, x: Tensor) -> QuantizerOutput:
         return self.quantizer(self.encode_latents(x))
 
+    @property
+    def reads_tokens(self) -> bool:
+        """Whether the LAM reads tokenizer ids (``input="tokens"``, the Tab. 2 ablation) instead of pixels."""
+        return self.cfg.input == "tokens"
+
     @torch.no_grad()
-    def infer_actions(self, x: Tensor) -> Tensor:
-        """The latent action id of every transition: ``actions_B(T-1)``."""
+    def infer_actions(self, x: Tensor, tokenizer: VideoTokenizer | None = None) -> Tensor:
+        """The latent action id of every transition: ``actions_B(T-1)``.
+
+        ``x``: what the LAM reads, the clip's pixels or (``input="tokens"``) its tokenizer ids. A token-input LAM
+        also takes the pixels together with ``tokenizer``, the one whose ids it was trained on
+        (:func:`genie.models.io.load_lam` returns it with the LAM).
+        """
+        if self.reads_tokens and x.is_floating_point():
+            if tokenizer is None:
+                raise ValueError(
+                    "this LAM reads tokenizer ids (input=tokens): pass the clip's tokens, or its pixels with "
+                    "tokenizer= the tokenizer it was trained on (genie.models.io.load_lam returns both)"
+                )
+            x = tokenizer.encode(x)
         was_training = self.training
         self.eval()
         try:
