@@ -111,6 +111,21 @@ def test_lam_300m_uses_the_paper_dims() -> None:
     assert n > 300e6 and n > attentions and n < 1.25 * attentions  # docs/training.md explains the excess
 
 
+def test_a_token_input_lam_300m_counts_with_the_paper_tokenizers_vocabulary_and_grid() -> None:
+    """``model.model.input=tokens`` alone makes the Tab. 2 ablation of lam_300m: genie.params assumes the
+    paper tokenizer's 1024 codes on its 23 x 40 grid (training takes them from model.tokenizer_ckpt)."""
+    from genie.config import compose_config
+    from genie.params import count
+
+    _, pixels, _ = count(compose_config(["+experiment=lam_300m"]))
+    stage, tokens, notes = count(compose_config(["+experiment=lam_300m", "model.model.input=tokens"]))
+    pd, d, vocab = 3 * 16 * 16, 1024, 1024
+    swapped = (2 * vocab * d + d * vocab) - (2 * (pd + 1) * d + (d + 1) * pd)  # embeddings and head
+    assert stage == "lam" and tokens - pixels == swapped
+    assert "token_vocab=1024 assumed (taken from the checkpoints when training)" in notes
+    assert "token_grid=[23, 40] assumed (taken from the checkpoints when training)" in notes
+
+
 def test_tokenizer_200m_param_count() -> None:
     cfg = compose_experiment("tokenizer_200m")
     OmegaConf.resolve(cfg)

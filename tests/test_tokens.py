@@ -199,7 +199,9 @@ def test_a_token_input_lam_reads_its_own_tokenizer_wherever_a_lam_is_used(
     from genie.models import Genie
     from genie.models.io import load_lam
 
-    token_lam = {**LAM, "input": "tokens", "token_vocab": TOKENIZER["num_codes"], "token_grid": [4, 4]}
+    token_lam = {**LAM, "input": "tokens", "token_vocab": None, "token_grid": None}  # as conf/model/lam.yaml
+    with pytest.raises(ValueError, match=r"model\.model\.token_vocab=64 but the tokenizer has 32"):
+        LAMModule(model={**token_lam, "token_vocab": 64}, tokenizer_ckpt=str(world["tokenizer"]))
     torch.manual_seed(0)
     path = _fit(
         LAMModule(
@@ -208,6 +210,7 @@ def test_a_token_input_lam_reads_its_own_tokenizer_wherever_a_lam_is_used(
         tmp_path / "lam",
     )
     lam, reader = load_lam(path)
+    assert (lam.cfg.token_vocab, lam.cfg.token_grid) == (32, (4, 4))  # the tokenizer's, as left null
     assert reader is not None and fingerprint(reader) == fingerprint(
         load_model(world["tokenizer"], "tokenizer")
     )

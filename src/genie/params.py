@@ -29,17 +29,17 @@ def build(cfg: DictConfig) -> tuple[str, torch.nn.Module, list[str]]:
     stage = _STAGES[target]
     values: dict[str, Any] = OmegaConf.to_container(cfg.model.model, resolve=True)  # type: ignore[assignment]
     notes = []
+    size = cfg.get("data", {}).get("size") or [64, 64]
+    grid = [-(-int(size[0]) // 4), -(-int(size[1]) // 4)]
+    assumed: dict[str, Any] = {}
     if stage == "dynamics":
-        size = cfg.get("data", {}).get("size") or [64, 64]
-        assumed = {
-            "num_codes": 1024,
-            "grid": [-(-int(size[0]) // 4), -(-int(size[1]) // 4)],
-            "num_actions": 8,
-        }
-        for key, value in assumed.items():
-            if values.get(key) is None:
-                values[key] = value
-                notes.append(f"{key}={value} assumed (taken from the checkpoints when training)")
+        assumed = {"num_codes": 1024, "grid": grid, "num_actions": 8}
+    elif stage == "lam" and values.get("input") == "tokens":
+        assumed = {"token_vocab": 1024, "token_grid": grid}
+    for key, value in assumed.items():
+        if values.get(key) is None:
+            values[key] = value
+            notes.append(f"{key}={value} assumed (taken from the checkpoints when training)")
     config = config_from_dict(stage, values)
     with torch.device("meta"):
         model = BUILDERS[stage][1](config)

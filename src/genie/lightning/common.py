@@ -12,7 +12,14 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-from genie.models.io import config_from_dict, load_model, migrate_state, resolve_checkpoint
+from genie.models.io import (
+    config_from_dict,
+    lam_token_settings,
+    load_model,
+    migrate_state,
+    resolve_checkpoint,
+)
+from genie.models.lam import LAMConfig
 from genie.models.tokenizer import VideoTokenizer
 
 
@@ -155,6 +162,15 @@ def random_window(t: int, window: int | None) -> tuple[int, int]:
         return 0, t
     start = int(torch.randint(0, t - window + 1, ()))
     return start, start + window
+
+
+def lam_config(model: dict[str, Any] | LAMConfig, tokenizer: VideoTokenizer | None) -> LAMConfig:
+    """A LAM's config; a token-input LAM's ``token_vocab``/``token_grid`` left null come from ``tokenizer``, the
+    one whose ids it reads (:func:`genie.models.io.lam_token_settings`)."""
+    values = plain_data(model) if isinstance(model, LAMConfig) else dict(model)
+    if tokenizer is not None:
+        values = lam_token_settings(values, tokenizer.cfg)
+    return as_dataclass(LAMConfig, values)
 
 
 def frozen_tokenizer(ckpt: str | None, config: dict[str, Any] | None, option: str) -> VideoTokenizer:

@@ -23,6 +23,7 @@ from genie.lightning.common import (
     as_dataclass,
     build_optimizer,
     frozen_tokenizer,
+    lam_config,
     media_root,
     plain_data,
     random_window,
@@ -31,7 +32,7 @@ from genie.media import save_gif, video_grid
 from genie.metrics import ActionNMI, DeltaPSNR, frame_psnr, random_actions
 from genie.models.dynamics import DynamicsConfig, DynamicsModel
 from genie.models.io import check_lam_tokenizer, config_from_dict, fingerprint, load_lam, resolve_checkpoint
-from genie.models.lam import LAMConfig, LatentActionModel
+from genie.models.lam import LatentActionModel
 from genie.models.sampling import SamplingConfig, seeded_generator
 from genie.nn.static_shapes import frame_window
 
@@ -78,7 +79,9 @@ class DynamicsModule(StageModule):
             saved = (
                 config_from_dict("lam", dict(lam_model)) if lam_model is not None else None
             )  # a checkpoint's
-            self.lam = LatentActionModel(saved or as_dataclass(LAMConfig, lam))
+            # a token-input LAM reads this stage's tokenizer's ids
+            reader = self.tokenizer if (lam or {}).get("input") == "tokens" else None
+            self.lam = LatentActionModel(saved or lam_config(lam or {}, reader))
         self.cfg = self._dynamics_config(model)
         self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
         self.sampling: SamplingConfig = as_dataclass(SamplingConfig, sampling)

@@ -17,6 +17,7 @@ from genie.lightning.common import (
     as_dataclass,
     build_optimizer,
     frozen_tokenizer,
+    lam_config,
     media_root,
     plain_data,
     random_window,
@@ -48,17 +49,13 @@ class LAMModule(StageModule):
         media_clips: int = 4,
     ) -> None:
         super().__init__()
-        self.cfg: LAMConfig = as_dataclass(LAMConfig, model)
-        self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
         self.tokenizer: VideoTokenizer | None = None
-        if self.cfg.input == "tokens":
+        reads_tokens = (model.input if isinstance(model, LAMConfig) else dict(model).get("input")) == "tokens"
+        if reads_tokens:
             self.tokenizer = frozen_tokenizer(tokenizer_ckpt, tokenizer_model, "model.tokenizer_ckpt")
             tokenizer_model = plain_data(self.tokenizer.cfg)
-            if tuple(self.cfg.grid) != tuple(self.tokenizer.cfg.grid):
-                raise ValueError(
-                    f"model.model.token_grid {tuple(self.cfg.grid)} != the tokenizer's grid "
-                    f"{tuple(self.tokenizer.cfg.grid)}; set it to match"
-                )
+        self.cfg: LAMConfig = lam_config(model, self.tokenizer)
+        self.optim_cfg: OptimConfig = as_dataclass(OptimConfig, optim)
         self.save_hyperparameters(
             {
                 "stage": "lam",

@@ -68,8 +68,10 @@ class LAMConfig(PatchGeometry):
     num_actions: int = 8
     latent_dim: int = 32
     input: LAMInput = "pixels"
-    token_vocab: int = 1024  # input="tokens": the tokenizer's vocabulary ...
-    token_grid: Sequence[int] = (23, 40)  # ... and its token grid per frame
+    # input="tokens": the tokenizer's vocabulary and token grid per frame; None (conf/model/lam.yaml's null) is
+    # "not given": genie.train takes them from the tokenizer, and pixel input keeps these defaults, unused
+    token_vocab: int = 1024
+    token_grid: Sequence[int] = (23, 40)
     # QK-norm as RMSNorm, as conf/model/lam.yaml has it: LayerNorm QK-norm used the codes worse (docs/lab-notes.md)
     encoder: STConfig | dict[str, Any] = field(
         default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
@@ -85,6 +87,13 @@ class LAMConfig(PatchGeometry):
 
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        if self.token_vocab is None or self.token_grid is None:
+            if self.input == "tokens":
+                raise ValueError(
+                    "a token-input LAM needs token_vocab and token_grid, its tokenizer's (genie.train takes them "
+                    "from model.tokenizer_ckpt when null)"
+                )
+            self.token_vocab, self.token_grid = 1024, (23, 40)  # the defaults above
         self.token_grid = (int(self.token_grid[0]), int(self.token_grid[1]))
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
