@@ -83,9 +83,7 @@ def _load_models(tokenizer: str, lam: str | None, device: str) -> tuple[Any, Any
     if not lam:
         return tok, None
     lam_model, lam_tokenizer = load_lam(lam)
-    if (
-        lam_tokenizer is not None
-    ):  # a token-input LAM reads this tokenizer's ids: it must be the one it learnt on
+    if lam_tokenizer is not None:  # a token-input LAM must read the ids of the tokenizer it learnt on
         check_lam_tokenizer(lam_tokenizer, tok, f"--lam {lam}")
     return tok, lam_model.to(device).eval()
 
