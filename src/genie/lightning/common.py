@@ -12,13 +12,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-from genie.models.io import (
-    config_from_dict,
-    lam_token_settings,
-    load_model,
-    migrate_state,
-    resolve_checkpoint,
-)
+from genie.models.io import config_from_dict, load_model, migrate_state, resolve_checkpoint
 from genie.models.lam import LAMConfig
 from genie.models.tokenizer import VideoTokenizer
 
@@ -164,12 +158,30 @@ def random_window(t: int, window: int | None) -> tuple[int, int]:
     return start, start + window
 
 
+def derived_settings(values: dict[str, Any], derived: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` with each key of ``derived`` left null set to what ``source`` (the model it comes from, for the
+    message) has; a set one must equal it."""
+    values = dict(values)
+    for key, value in derived.items():
+        given = values.get(key)
+        if given is None:
+            values[key] = value
+        elif (tuple(given) if isinstance(value, tuple) else given) != value:
+            raise ValueError(
+                f"model.model.{key}={given} but the {source} has {value}; set it to null or {value}"
+            )
+    return values
+
+
 def lam_config(model: dict[str, Any] | LAMConfig, tokenizer: VideoTokenizer | None) -> LAMConfig:
     """A LAM's config; a token-input LAM's ``token_vocab``/``token_grid`` left null come from ``tokenizer``, the
-    one whose ids it reads (:func:`genie.models.io.lam_token_settings`)."""
+    one whose ids it reads."""
     values = plain_data(model) if isinstance(model, LAMConfig) else dict(model)
     if tokenizer is not None:
-        values = lam_token_settings(values, tokenizer.cfg)
+        tok = tokenizer.cfg
+        values = derived_settings(
+            values, {"token_vocab": tok.num_codes, "token_grid": tuple(tok.grid)}, "tokenizer"
+        )
     return as_dataclass(LAMConfig, values)
 
 

@@ -22,6 +22,7 @@ from genie.lightning.common import (
     StageModule,
     as_dataclass,
     build_optimizer,
+    derived_settings,
     frozen_tokenizer,
     lam_config,
     media_root,
@@ -123,17 +124,9 @@ class DynamicsModule(StageModule):
         """Fill ``num_codes``/``grid`` from the tokenizer and ``num_actions`` from the LAM when left null."""
         values = plain_data(model) if isinstance(model, DynamicsConfig) else dict(model)
         tok = self.tokenizer.cfg
-        derived = {"num_codes": tok.num_codes, "grid": tuple(tok.grid)}
+        values = derived_settings(values, {"num_codes": tok.num_codes, "grid": tuple(tok.grid)}, "tokenizer")
         if self.lam is not None:
-            derived["num_actions"] = self.lam.cfg.num_actions
-        for key, value in derived.items():
-            if values.get(key) is None:
-                values[key] = value
-            elif (tuple(values[key]) if key == "grid" else values[key]) != value:
-                source = "LAM" if key == "num_actions" else "tokenizer"
-                raise ValueError(
-                    f"model.model.{key}={values[key]} but the {source} has {value}; set it to null or {value}"
-                )
+            values = derived_settings(values, {"num_actions": self.lam.cfg.num_actions}, "LAM")
         if values.get("num_actions") is None:
             raise ValueError(
                 "model.model.num_actions is null; with actions=true set it to the data's action count"

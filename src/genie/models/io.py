@@ -155,21 +155,6 @@ def _migrate(values: Any) -> Any:
     return values
 
 
-def lam_token_settings(values: dict[str, Any], tokenizer: TokenizerConfig) -> dict[str, Any]:
-    """A token-input LAM's config mapping with ``token_vocab``/``token_grid`` those of ``tokenizer``, the one whose
-    ids it reads, where they are null or absent; set ones must match it."""
-    values = dict(values)
-    for key, own in (("token_vocab", tokenizer.num_codes), ("token_grid", tuple(tokenizer.grid))):
-        given = values.get(key)
-        if given is None:
-            values[key] = own
-        elif (tuple(given) if key == "token_grid" else given) != own:
-            raise ValueError(
-                f"model.model.{key}={given} but the tokenizer has {own}; set it to null or {own}"
-            )
-    return values
-
-
 def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
     """A ``stage`` config from a plain mapping (a checkpoint's or a YAML file's), older spellings migrated."""
     values = _nest(_migrate(values), "aids", {k: k for k in _FLAT_AIDS.get(stage, ())})

@@ -93,7 +93,7 @@ class LAMConfig(PatchGeometry):
                     "a token-input LAM needs token_vocab and token_grid, its tokenizer's (genie.train takes them "
                     "from model.tokenizer_ckpt when null)"
                 )
-            self.token_vocab, self.token_grid = 1024, (23, 40)  # the defaults above
+            self.token_vocab, self.token_grid = LAMConfig.token_vocab, LAMConfig.token_grid  # the defaults
         self.token_grid = (int(self.token_grid[0]), int(self.token_grid[1]))
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
