@@ -758,3 +758,23 @@ def test_lam_with_fsq_trains_its_params_count_and_uses_codes() -> None:
         out.loss.backward()
         assert torch.isfinite(out.loss) and out.actions.max() < 9
     assert lam.to_latent.weight.grad is not None and lam.to_latent.weight.grad.abs().sum() > 0
+
+
+def test_sizes_take_a_pair_or_one_number_and_name_the_setting_they_refuse() -> None:
+    """``size_pair``: ``[h, w]`` as given, one number as a square; a config of each model takes both forms, and
+    a size that is not two positive whole numbers is one error naming its setting (a bare TypeError before)."""
+    from genie.models.dynamics import DynamicsConfig
+    from genie.models.lam import LAMConfig
+    from genie.models.tokenizer import TokenizerConfig
+    from genie.nn.options import size_pair
+
+    assert size_pair([90, 160], "x") == (90, 160) and size_pair(64, "x") == (64, 64)
+    assert size_pair((torch.tensor(3).item(), 5), "x") == (3, 5)
+    assert LAMConfig(image_size=64, patch=8).image_size == (64, 64)
+    assert TokenizerConfig(image_size=[32, 48], patch=4).image_size == (32, 48)
+    assert DynamicsConfig(grid=8).grid == (8, 8)
+    for bad in ("64", [64], [64, 64, 3], 0, [64, -1], [64, 64.5], True, None):
+        with pytest.raises(ValueError, match=r"^LAM image_size must be \[height, width\] or one size"):
+            LAMConfig(image_size=bad)
+    with pytest.raises(ValueError, match=r"^dynamics grid must be"):
+        DynamicsConfig(grid=[8])

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genie.metrics.actions import nmi_from_counts
+from genie.nn.options import size_pair
 
 if TYPE_CHECKING:
     from genie.models.lam import LatentActionModel
@@ -499,7 +500,7 @@ def command(cfg: Any) -> None:
     from genie.config import options
     from genie.data.shards import atomic_write_text
 
-    size = (int(cfg.size[0]), int(cfg.size[1]))
+    size = size_pair(cfg.size, "size")
     result = ceiling(
         cfg.train_shards, cfg.val_shards, options(cfg.ceiling, CeilingConfig), size=size, frames=cfg.frames
     )

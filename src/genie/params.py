@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genie.config import compose_config
 from genie.models.io import BUILDERS, config_from_dict
+from genie.nn.options import size_pair
 
 _STAGES = {"TokenizerModule": "tokenizer", "LAMModule": "lam", "DynamicsModule": "dynamics"}
 
@@ -30,7 +31,8 @@ def build(cfg: DictConfig) -> tuple[str, torch.nn.Module, list[str]]:
     values: dict[str, Any] = OmegaConf.to_container(cfg.model.model, resolve=True)  # type: ignore[assignment]
     notes = []
     size = cfg.get("data", {}).get("size") or [64, 64]
-    grid = [-(-int(size[0]) // 4), -(-int(size[1]) // 4)]
+    h, w = size_pair(size, "data.size")
+    grid = [-(-h // 4), -(-w // 4)]
     assumed: dict[str, Any] = {}
     if stage == "dynamics":
         assumed = {"num_codes": 1024, "grid": grid, "num_actions": 8}

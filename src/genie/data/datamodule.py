@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from genie.data.pipeline import ClipStream, expand_shards
 from genie.data.synthetic import write_synthetic_shards
 from genie.data.tokens import TokenStream, read_manifest
+from genie.nn.options import size_pair
 
 
 def per_device_batch(global_batch_size: int, devices: int, accumulate: int = 1) -> int:
@@ -74,7 +75,7 @@ class ClipDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.frames = frames
         self.val_frames = val_frames or frames
-        self.size = (int(size[0]), int(size[1]))
+        self.size = size_pair(size, "data.size")
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed

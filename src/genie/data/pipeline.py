@@ -23,6 +23,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from genie.data.shards import decode_frames, tar_members
+from genie.nn.options import size_pair
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class ClipStream(IterableDataset):
         if not self.shards:
             raise ValueError(f"shard pattern {urls!r} matched no shards; check the path or brace pattern")
         self.frames = frames
-        self.size = (int(size[0]), int(size[1]))
+        self.size = size_pair(size, "data.size")
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.shuffle_buffer = shuffle_buffer
         self.repeat = repeat

@@ -33,6 +33,7 @@ import torch
 
 from genie.data.pipeline import resize_crop
 from genie.data.shards import FPS, ShardWriter, atomic_write_text, claim_output_dir, clip_record, run_jobs
+from genie.nn.options import size_pair
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -59,9 +60,7 @@ class VideoShardConfig:
     allow_low_fps: bool = False
 
     def __post_init__(self) -> None:
-        if len(self.size) != 2 or min(int(v) for v in self.size) < 1:
-            raise ValueError(f"size must be two positive numbers (H, W), got {list(self.size)}")
-        self.size = (int(self.size[0]), int(self.size[1]))
+        self.size = size_pair(self.size, "size")
         if self.fit not in ("crop", "pad"):
             raise ValueError(f"fit must be 'crop' or 'pad', got {self.fit!r}")
         if self.mode not in ("consecutive", "segments"):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from genie.models.aids import CopyHead, DynamicsAids, as_aids
 from genie.models.sampling import Rollout, SamplingConfig, uniform
 from genie.nn import KVCache, STConfig, STTransformer, as_st_config
+from genie.nn.options import size_pair
 from genie.nn.static_shapes import static_shapes
 
 ActionMode = Literal["add", "prepend"]
@@ -41,7 +42,7 @@ class DynamicsConfig:
     aids: DynamicsAids = field(default_factory=DynamicsAids)  # a mapping is taken too
 
     def __post_init__(self) -> None:
-        self.grid = (int(self.grid[0]), int(self.grid[1]))
+        self.grid = size_pair(self.grid, "dynamics grid")
         self.mask_rate = (float(self.mask_rate[0]), float(self.mask_rate[1]))
         if not 0.0 <= self.mask_rate[0] <= self.mask_rate[1] <= 1.0:
             raise ValueError(

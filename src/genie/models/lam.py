@@ -48,6 +48,7 @@ from genie.nn import (
     quantizer_from_config,
     unpatchify,
 )
+from genie.nn.options import size_pair
 
 if TYPE_CHECKING:
     from genie.models.tokenizer import VideoTokenizer
@@ -86,7 +87,7 @@ class LAMConfig(PatchGeometry):
     aids: LAMAids = field(default_factory=LAMAids)  # a mapping is taken too
 
     def __post_init__(self) -> None:
-        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.image_size = size_pair(self.image_size, "LAM image_size")
         if self.token_vocab is None or self.token_grid is None:
             if self.input == "tokens":
                 raise ValueError(
@@ -94,7 +95,7 @@ class LAMConfig(PatchGeometry):
                     "from model.tokenizer_ckpt when null)"
                 )
             self.token_vocab, self.token_grid = LAMConfig.token_vocab, LAMConfig.token_grid  # the defaults
-        self.token_grid = (int(self.token_grid[0]), int(self.token_grid[1]))
+        self.token_grid = size_pair(self.token_grid, "LAM token_grid")
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
         self.vq = as_vq_config(self.vq, l2_normalize=True)

@@ -27,6 +27,7 @@ from genie.nn import (
     quantizer_from_config,
     unpatchify,
 )
+from genie.nn.options import size_pair
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TokenizerConfig(PatchGeometry):
     vq: VQConfig = field(default_factory=VQConfig)  # a mapping (YAML) is taken too
 
     def __post_init__(self) -> None:
-        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.image_size = size_pair(self.image_size, "tokenizer image_size")
         self.encoder = as_st_config(self.encoder)
         self.decoder = as_st_config(self.decoder)
         self.vq = as_vq_config(self.vq)
