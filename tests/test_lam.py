@@ -170,31 +170,6 @@ def test_flow_input_gives_the_direction_of_motion_a_sign() -> None:
         tiny_cfg(flow_input=True)
 
 
-def test_decoder_motion_embeds_the_context_motion_and_keeps_the_decoder_causal() -> None:
-    """``aids.decoder_motion``: the decoder's embedding of context frame t also reads frame t-1 (its motion and flow
-    inputs; parameters counted in closed form), the decoder still never sees the frame it predicts, and a window
-    of 2 (one context frame, no motion) is refused."""
-    torch.manual_seed(0)
-    cfg = tiny_cfg(motion_input=True, flow_input=True, predict_residual=True, decoder_motion=True, window=3)
-    model = LatentActionModel(cfg).eval()
-    assert model.dec_motion_embed is not None and model.dec_flow_embed is not None
-    assert cfg.num_params() == sum(p.numel() for p in model.parameters())
-    video = torch.rand(1, 5, 3, 32, 48)
-    moved = video.clone()
-    moved[:, 1] = torch.rand_like(moved[:, 1])
-    plain = LatentActionModel(tiny_cfg(predict_residual=True, window=3))
-    for m, reads_previous in ((model, True), (plain, False)):  # frame 2's embedding; frame 1 changed
-        emb = m._embed(video, m.dec_embed, m.dec_motion_embed, m.dec_flow_embed)[:, 2]
-        emb_moved = m._embed(moved, m.dec_embed, m.dec_motion_embed, m.dec_flow_embed)[:, 2]
-        assert torch.equal(emb, emb_moved) is not reads_previous
-    z = model.quantize(video).z_q
-    other = video.clone()
-    other[:, 3] = torch.rand_like(other[:, 3])
-    torch.testing.assert_close(model.decode(video[:, :-1], z)[:, :3], model.decode(other[:, :-1], z)[:, :3])
-    with pytest.raises(ValueError, match=r"decoder_motion needs aids\.window >= 3"):
-        tiny_cfg(decoder_motion=True, window=2)
-
-
 def _textured_image() -> torch.Tensor:
     """A smooth 32x48 texture with gradients both ways: a global shift of it can be read to first order."""
     ramp = torch.arange(48) * 2 * torch.pi / 24
@@ -375,7 +350,7 @@ def test_warp_windows_as_slices_equal_unfold(dim: int, size: int, step: int) -> 
     assert torch.equal(windows(x, dim, size, step, slices=True), x.unfold(dim, size, step))
 
 
-def test_aids_are_one_nested_config_and_old_flat_configs_and_weights_migrate() -> None:
+def test_aids_are_one_nested_config_and_old_flat_configs_removed_aids_and_weights_migrate() -> None:
     from genie.models.aids import DynamicsAids
     from genie.models.io import build_from_state, config_from_dict
 
@@ -393,6 +368,12 @@ def test_aids_are_one_nested_config_and_old_flat_configs_and_weights_migrate() -
     assert dyn.aids == DynamicsAids(full_mask_prob=0.5, copy_radius=1)
     with pytest.raises(ValueError, match="unknown aids option"):
         config_from_dict("lam", {**base, "aids": {"warp": 2}})
+    # a removed aid: off, it is dropped (the config loads as trained); on, the one line names it and where it lives
+    assert config_from_dict("lam", {**base, "aids": {**aids, "decoder_motion": False}}) == new
+    with pytest.raises(
+        ValueError, match=r"trained with aids\.decoder_motion, which was removed .* at commit 9ce6fe1"
+    ):
+        config_from_dict("lam", {**base, "aids": {**aids, "decoder_motion": True}})
     # weights saved when the warm-up's step count was the LAM's own buffer load into the module that holds it now
     torch.manual_seed(0)
     model = LatentActionModel(new).train()

@@ -21,6 +21,12 @@ without them.
 - :func:`latent_norm_loss` (LAM, ``aids.latent_norm_weight > 0``): holds the encoder's raw latent near unit length.
   The cosine look-up reads only its direction, so nothing else bounds its norm, and under Adam the norm grows; the
   look-up's angle then moves by the optimizer's step divided by that norm, and the encoder learns slower and slower.
+- :func:`global_shift`, :func:`translate`, :func:`extrapolate_motion` (LAM decoder, with ``aids.predict_residual``:
+  ``aids.extrapolate_motion``, ``aids.target_motion``): one Lucas-Kanade translation per frame moves the decoder's
+  base frame on by the view's last motion, or by the motion of the transition it predicts, so that no code need
+  carry the view's motion.
+- Settings the LAM applies itself (:class:`LAMAids`): ``recon_weight``, ``predict_residual``, ``window``, and the
+  context patches hidden from the decoder behind a learned stand-in (``decoder_mask_rate``, ``decoder_anchor``).
 
 Their settings are one nested config per model, ``aids`` (:class:`LAMAids`, :class:`DynamicsAids`; all off by
 default, which is the paper).
@@ -84,11 +90,6 @@ class LAMAids:
     # look-up, vq.l2_normalize); otherwise its norm grows several-fold in a short run and the latent's direction,
     # which is all the look-up reads, learns that many times slower.
     latent_norm_weight: float = 0.0
-    # Decoder: also embed each context patch's motion (the motion input, and the flow input with flow_input), so
-    # it can carry on the motion it sees and the latent is left what changed it. Worlds with momentum (CoinRun:
-    # the view follows a falling, jumping agent) otherwise spend every code on the view's motion. Needs a
-    # window of 3 or more frames (with 2 the decoder sees one frame, no motion).
-    decoder_motion: bool = False
     # Pixels, with predict_residual: the decoder starts from the last frame moved on by the global motion of the
     # transition before it (:func:`extrapolate_motion`), not from the last frame itself, so the latent need not
     # carry motion that merely continues. Needs a window of 3 or more frames.
@@ -116,18 +117,17 @@ class LAMAids:
             raise ValueError(f"LAM aids.warp_stride must be >= 1, got {self.warp_stride}")
         if self.flow_input and not self.motion_input:
             raise ValueError("LAM aids.flow_input needs aids.motion_input=true")
-        for name in ("decoder_motion", "extrapolate_motion"):  # both read the motion between context frames
-            if getattr(self, name) and self.window is not None and self.window < 3:
-                raise ValueError(
-                    f"LAM aids.{name} needs aids.window >= 3 or null (with {self.window} frames the decoder sees "
-                    "one frame, so no motion)"
-                )
+        if self.extrapolate_motion and self.window is not None and self.window < 3:
+            raise ValueError(
+                f"LAM aids.extrapolate_motion needs aids.window >= 3 or null (with {self.window} frames the decoder "
+                "sees one frame, so no motion)"
+            )
         if self.decoder_anchor and self.window is not None and self.window < 3:
             raise ValueError(
                 f"LAM aids.decoder_anchor needs aids.window >= 3 or null (with {self.window} frames the decoder's "
                 "context is the anchor alone: nothing to hide)"
             )
-        for name in ("decoder_motion", "extrapolate_motion", "target_motion"):
+        for name in ("extrapolate_motion", "target_motion"):
             if self.decoder_anchor and getattr(self, name):
                 raise ValueError(
                     f"LAM aids.decoder_anchor hides the frames aids.{name} reads its motion from: choose one"

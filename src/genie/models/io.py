@@ -155,9 +155,29 @@ def _migrate(values: Any) -> Any:
     return values
 
 
+# Aids removed after measuring no gain (docs/lab-notes.md), with the last commit that has them: a config that
+# had one off loads without it; one trained with it on is refused
+_REMOVED_AIDS = {"lam": {"decoder_motion": "9ce6fe1"}}
+
+
+def _drop_removed_aids(stage: str, values: dict[str, Any]) -> dict[str, Any]:
+    aids = values.get("aids")
+    removed = _REMOVED_AIDS.get(stage, {})
+    if not isinstance(aids, dict) or not set(aids) & set(removed):
+        return values
+    for name in sorted(set(aids) & set(removed)):
+        if aids[name]:
+            raise ValueError(
+                f"this {stage} was trained with aids.{name}, which was removed (it measured no gain, "
+                f"docs/lab-notes.md); load it with genie at commit {removed[name]}"
+            )
+    return {**values, "aids": {k: v for k, v in aids.items() if k not in removed}}
+
+
 def config_from_dict(stage: str, values: dict[str, Any]) -> Any:
     """A ``stage`` config from a plain mapping (a checkpoint's or a YAML file's), older spellings migrated."""
     values = _nest(_migrate(values), "aids", {k: k for k in _FLAT_AIDS.get(stage, ())})
+    values = _drop_removed_aids(stage, values)
     cls = BUILDERS[stage][0]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

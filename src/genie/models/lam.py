@@ -111,13 +111,12 @@ class LAMConfig(PatchGeometry):
         if self.input != "pixels" and (
             self.aids.warp_radius > 0
             or self.aids.motion_input
-            or self.aids.decoder_motion
             or self.aids.extrapolate_motion
             or self.aids.target_motion
         ):
             raise ValueError(
-                "LAM aids.warp_radius > 0, aids.motion_input, aids.decoder_motion, aids.extrapolate_motion and "
-                "aids.target_motion need pixel input"
+                "LAM aids.warp_radius > 0, aids.motion_input, aids.extrapolate_motion and aids.target_motion "
+                "need pixel input"
             )
         if self.aids.latent_norm_weight > 0 and (self.vq.kind != "vq" or not self.vq.l2_normalize):
             raise ValueError(
@@ -152,12 +151,6 @@ class LAMConfig(PatchGeometry):
             + (dd if self.aids.hides_context else 0)  # decoder mask token
             + ((self.channels * self.patch**2 + 1) * de if self.aids.motion_input else 0)
             + ((2 * self.channels * self.patch**2 + 1) * de if self.aids.flow_input else 0)
-            + ((self.channels * self.patch**2 + 1) * dd if self.aids.decoder_motion else 0)
-            + (
-                (2 * self.channels * self.patch**2 + 1) * dd
-                if self.aids.decoder_motion and self.aids.flow_input
-                else 0
-            )
             + head
             + ((dd + 1) * 2 * (2 * self.aids.warp_radius + 1) if self.aids.warp_radius > 0 else 0)
         )
@@ -195,12 +188,6 @@ class LatentActionModel(nn.Module):
         if aids.motion_input:
             self.motion_embed = MotionInput(cfg.channels * cfg.patch**2, de)
         self.flow_embed = FlowInput(2 * cfg.channels * cfg.patch**2, de) if aids.flow_input else None
-        self.dec_motion_embed = MotionInput(cfg.channels * cfg.patch**2, dd) if aids.decoder_motion else None
-        self.dec_flow_embed = (
-            FlowInput(2 * cfg.channels * cfg.patch**2, dd)
-            if aids.decoder_motion and aids.flow_input
-            else None
-        )
         self.encoder = STTransformer(cfg.enc)
         self.to_latent = nn.Linear(de, cfg.latent_dim)
         self.vq_warmup = VQWarmup(aids.vq_warmup_steps) if aids.vq_warmup_steps > 0 else None
@@ -274,21 +261,14 @@ class LatentActionModel(nn.Module):
             x, n = self._windows(x, window)
         return self._gather(self._encode(x), b, n)
 
-    def _embed(
-        self, x: Tensor, embed: nn.Module, motion: MotionInput | None, flow: FlowInput | None
-    ) -> Tensor:
-        """Patch embeddings of ``x``, plus its motion and flow inputs where the model has them."""
-        patches = self._patches(x)
-        h_BTSD = embed(patches)
-        if motion is not None:
-            h_BTSD = h_BTSD + motion.embed(patches)
-        if flow is not None:
-            along_x, along_y = flow.maps(x)
-            h_BTSD = h_BTSD + flow(torch.cat((self._patches(along_x), self._patches(along_y)), -1))
-        return h_BTSD
-
     def _encode(self, x: Tensor) -> Tensor:
-        h_BTSD = self._embed(x, self.enc_embed, self.motion_embed, self.flow_embed)
+        patches = self._patches(x)
+        h_BTSD = self.enc_embed(patches)
+        if self.motion_embed is not None:
+            h_BTSD = h_BTSD + self.motion_embed.embed(patches)
+        if self.flow_embed is not None:
+            along_x, along_y = self.flow_embed.maps(x)
+            h_BTSD = h_BTSD + self.flow_embed(torch.cat((self._patches(along_x), self._patches(along_y)), -1))
         b, t = h_BTSD.shape[:2]
         query = self.action_query.to(h_BTSD.dtype).expand(b, t, 1, -1)
         h_BTSD = self.encoder(torch.cat((query, h_BTSD), dim=2), self.cfg.grid, prefix=1)
@@ -350,7 +330,7 @@ class LatentActionModel(nn.Module):
 
     def _decode(self, context: Tensor, actions_z: Tensor, mask_rate: float, motion: Tensor | None) -> Tensor:
         cfg = self.cfg
-        h_BTSD = self._embed(context, self.dec_embed, self.dec_motion_embed, self.dec_flow_embed)
+        h_BTSD = self.dec_embed(self._patches(context))
         if mask_rate > 0 and self.dec_mask is not None:
             hide = torch.rand(h_BTSD.shape[:3], device=h_BTSD.device) < mask_rate
             h_BTSD = torch.where(hide[..., None], self.dec_mask.to(h_BTSD.dtype), h_BTSD)
