@@ -769,7 +769,7 @@ def test_sizes_take_a_pair_or_one_number_and_name_the_setting_they_refuse() -> N
     from genie.nn.options import size_pair
 
     assert size_pair([90, 160], "x") == (90, 160) and size_pair(64, "x") == (64, 64)
-    assert size_pair((torch.tensor(3).item(), 5), "x") == (3, 5)
+    assert size_pair((torch.tensor(3), 5), "x") == (3, 5)  # any whole-number type (operator.index)
     assert LAMConfig(image_size=64, patch=8).image_size == (64, 64)
     assert TokenizerConfig(image_size=[32, 48], patch=4).image_size == (32, 48)
     assert DynamicsConfig(grid=8).grid == (8, 8)
