@@ -162,10 +162,13 @@ _REMOVED_AIDS = {"lam": {"decoder_motion": "9ce6fe1"}}
 
 def _drop_removed_aids(stage: str, values: dict[str, Any]) -> dict[str, Any]:
     aids = values.get("aids")
-    removed = _REMOVED_AIDS.get(stage, {})
-    if not isinstance(aids, dict) or not set(aids) & set(removed):
+    if not isinstance(aids, dict):
         return values
-    for name in sorted(set(aids) & set(removed)):
+    removed = _REMOVED_AIDS.get(stage, {})
+    present = sorted(set(aids) & set(removed))
+    if not present:
+        return values
+    for name in present:
         if aids[name]:
             raise ValueError(
                 f"this {stage} was trained with aids.{name}, which was removed (it measured no gain, "
