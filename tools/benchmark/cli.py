@@ -221,7 +221,8 @@ def onexgpt_row(vs: dict[str, Any]) -> str:
     """The markdown row of :func:`~benchmark.onexgpt.play_vs_onexgpt`."""
     how = "compiled" if vs["genie_compiled"] else "eager: no C++ compiler, or --quick"
     return (
-        "| play at 1xgpt's small dims (d 256 × 4, 8×8 tokens, 25 steps, 16 frames): genie's defaults "
+        "| play at 1xgpt's small dims (d 256 × 4, 8×8 tokens, 25 steps, 16 frames; "
+        f"{vs['threads']} thread{'s' if vs['threads'] != 1 else ''}): genie's defaults "
         f"({how}) / eager / 1xgpt's `STMaskGIT` | {vs['genie_fps']:.2f} / {vs['genie_eager_fps']:.2f} / "
         f"{vs['onexgpt_fps']:.2f} frames/s = {vs['ratio']:.1f}× / {vs['eager_ratio']:.1f}× (target ≥ 10×) |"
     )
