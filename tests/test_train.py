@@ -401,6 +401,7 @@ def test_onexgpt_comparison_loads_a_checkout_beside_our_genie_and_times_both(tmp
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "tools"))
     try:
+        from benchmark.cli import onexgpt_row
         from benchmark.onexgpt import load_stmaskgit, play_vs_onexgpt
     finally:
         sys.path.remove(str(root / "tools"))
@@ -415,11 +416,6 @@ def test_onexgpt_comparison_loads_a_checkout_beside_our_genie_and_times_both(tmp
     assert result["ratio"] == pytest.approx(result["genie_fps"] / result["onexgpt_fps"])
     assert result["eager_ratio"] == pytest.approx(result["genie_eager_fps"] / result["onexgpt_fps"])
     assert not result["genie_compiled"]  # (the suite runs with torch.compile off)
-    sys.path.insert(0, str(root / "tools"))
-    try:
-        from benchmark.cli import onexgpt_row
-    finally:
-        sys.path.remove(str(root / "tools"))
     threads = torch.get_num_threads()
     assert result["threads"] == threads  # the ratio depends on it: the row says at how many threads it ran
     assert f"16 frames; {threads} thread{'s' if threads != 1 else ''})" in onexgpt_row(result)
