@@ -7,13 +7,17 @@ from collections.abc import Iterator
 # costs seconds per shape, so the suite runs eagerly (subprocesses inherit this) and the tests of the compiled
 # path switch it back on (the ``compiles`` fixture).
 os.environ["TORCH_COMPILE_DISABLE"] = "1"
+# Under pytest-xdist (``make test`` runs one worker per core) each worker and the subprocesses it starts get
+# one thread, so that workers side by side do not oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch
 import torch._dynamo
 
 # Two cores: keep torch from oversubscribing when pytest and subprocesses run side by side.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 torch._dynamo.config.disable = True  # (in case torch was imported before the variable was set)

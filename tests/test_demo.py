@@ -16,7 +16,7 @@ import pytest
 def test_demo_fast_runs_and_resumes(tmp_path: Path) -> None:
     env = {**os.environ, "DEMO_FAST": "1", "DEMO_DIR": str(tmp_path / "demo"), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "genie.demo"]
-    # a hang guard, not a speed test: ~4 min on a quiet 2-core machine, twice that when it is loaded
+    # a hang guard, not a speed test: ~4 min alone on a 2-core machine, ~6 on one thread beside make test's other worker
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
     demo = tmp_path / "demo"
