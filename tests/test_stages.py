@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,11 @@ def test_dynamics_module_fits_each_action_source(
     module = DynamicsModule(**kwargs)
     assert module.cfg.num_codes == 32 and module.cfg.grid == (4, 4) and module.cfg.num_actions == 4
     before = {k: v.clone() for k, v in module.tokenizer.state_dict().items()}
-    trainer = fit(module, tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(module, tmp_path)
+    # the frozen tokenizer (and LAM) are in eval mode by design: Lightning's warning of that is not shown
+    assert not [w for w in caught if "in eval mode" in str(w.message)]
     results = trainer.validate(module, dataloaders=loader(batches(2)), verbose=False)[0]
     assert {"val/loss", "val/token_acc", "val/psnr_t3", "val/psnr_t3_random", "val/delta_psnr_t3"} <= set(
         results
@@ -124,6 +129,26 @@ def test_dynamics_module_fits_each_action_source(
     frame = genie.reset(np.zeros((SIZE, SIZE, 3), np.uint8))
     assert frame.shape == (1, 3, SIZE, SIZE)
     assert genie.step(1).shape == (1, 3, SIZE, SIZE)
+
+
+def test_a_module_left_in_eval_mode_beyond_the_frozen_ones_is_still_warned_of(
+    stage_ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    module = DynamicsModule(
+        model={**DYNAMICS, "num_actions": 4},
+        optim={"lr": 1e-3, "warmup_steps": 1},
+        tokenizer_ckpt=str(stage_ckpts["tokenizer"]),
+        actions="true",
+        sampling=SAMPLING,
+        eval_t=3,
+    )
+    module.model.action_embed.eval()  # a user's mistake: a trained module left in eval mode
+    frozen = len(list(module.tokenizer.modules()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, tmp_path, steps=1)
+    messages = [str(w.message) for w in caught if "in eval mode" in str(w.message)]
+    assert len(messages) == 1 and messages[0].startswith(f"Found {frozen + 1} module(s) in eval mode")
 
 
 def test_dynamics_module_errors_are_named(stage_ckpts: dict[str, Path], tmp_path: Path) -> None:

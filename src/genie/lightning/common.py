@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +29,16 @@ class StageModule(L.LightningModule):
     other case goes through Lightning as usual.
 
     Only a stage that sets ``trains_on_tokens`` takes pretokenized clips (``data.train_tokens``); the others
-    stop at the start of training with one line."""
+    stop at the start of training with one line.
+
+    A stage's frozen models (:meth:`frozen_modules`) stay in eval mode by design; Lightning's warning that
+    training starts with modules in eval mode is kept for any module beyond them."""
 
     trains_on_tokens = False
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The submodules this stage keeps frozen, in eval mode, while it trains (none by default)."""
+        return []
 
     def on_fit_start(self) -> None:
         manifest = getattr(getattr(self._trainer, "datamodule", None), "token_manifest", None)
@@ -38,6 +46,11 @@ class StageModule(L.LightningModule):
             raise ValueError(
                 f"data.train_tokens is set, but this {type(self).__name__} trains on pixels; pretokenized clips "
                 "are for the dynamics stage (set data.train_tokens=null)"
+            )
+        frozen = {id(m) for f in self.frozen_modules() for m in f.modules()}
+        if frozen:  # Lightning counts the modules in eval mode; exactly the frozen ones are no news
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {len(frozen)} module\(s\) in eval mode at the start of training"
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

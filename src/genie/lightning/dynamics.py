@@ -134,6 +134,9 @@ class DynamicsModule(StageModule):
         cfg: DynamicsConfig = as_dataclass(DynamicsConfig, values)
         return cfg
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.tokenizer, *([self.lam] if self.lam is not None and self.actions == "lam" else [])]
+
     def train(self, mode: bool = True) -> DynamicsModule:
         super().train(mode)
         self.tokenizer.eval()  # frozen modules never run in training mode (their quantisers would update)

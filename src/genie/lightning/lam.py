@@ -83,6 +83,9 @@ class LAMModule(StageModule):
         self.val_recon_mse = MeanMetric()
         self._val_round = 0
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.tokenizer] if self.tokenizer is not None else []
+
     def train(self, mode: bool = True) -> LAMModule:
         super().train(mode)
         if self.tokenizer is not None:  # frozen: its quantiser must never update in training mode
