@@ -6,9 +6,11 @@ Experiments live in ``conf/experiment/``; ``--cfg job`` prints the composed conf
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,26 @@ from omegaconf import DictConfig
 
 from genie.config import hydra_entry
 from genie.data.shards import atomic_write_text
+
+
+class _DropAdvert(logging.Filter):
+    """Lightning's rank-zero log without its product tip (every run printed it); its other lines are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_DROP_ADVERT = _DropAdvert()
+
+
+def _quiet_lightning() -> None:
+    """Drop what a user of this command cannot act on: Lightning's product tip, and the FutureWarning its
+    pytree helper raises against this torch (it is Lightning's own call)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DROP_ADVERT)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
 
 
 def _scalar(value: Any) -> Any:
@@ -105,6 +127,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None, siblings: bool = 
     unfinished earlier run of the same command continues from its newest readable checkpoint.
     """
     start = time.time()
+    _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
