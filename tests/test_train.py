@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from genie.lightning import TokenizerModule
+from genie.lightning.callbacks import ProgressBar
 from genie.lightning.common import OptimConfig, as_dataclass, build_optimizer, lr_factor
 
 TINY_DATA = [
@@ -425,3 +426,13 @@ def test_onexgpt_comparison_loads_a_checkout_beside_our_genie_and_times_both(tmp
     assert f"16 frames; {threads} thread{'s' if threads != 1 else ''})" in onexgpt_row(result)
     with pytest.raises(SystemExit, match=r"no genie/st_mask_git\.py there"):
         load_stmaskgit(tmp_path)
+
+
+def test_progress_bar_of_a_run_counted_in_steps_shows_no_negative_epoch_bound() -> None:
+    bar = ProgressBar()  # conf/callbacks/default.yaml's rich_progress_bar
+    trainer = L.Trainer(max_steps=2, callbacks=[bar], logger=False, enable_checkpointing=False)
+    bar.setup(trainer, None, "fit")
+    trainer.fit_loop.max_epochs = -1  # what fitting sets for a run bounded by max_steps alone
+    assert bar._get_train_description(0).strip() == "Epoch 0"  # Lightning's own bar: "Epoch 0/-2"
+    trainer.fit_loop.max_epochs = 3
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

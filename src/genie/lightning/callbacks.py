@@ -1,4 +1,4 @@
-"""Training callbacks: stop (or skip the step) on a non-finite loss."""
+"""Training callbacks: stop (or skip the step) on a non-finite loss; the progress bar of step-counted runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class NonFiniteGuard(L.Callback):
@@ -51,3 +52,17 @@ class NonFiniteGuard(L.Callback):
         pl_module.log("train/skipped_steps", float(self.skipped), on_step=True)
         if self.in_a_row >= self.max_skips:
             raise ValueError(f"{self.in_a_row} non-finite steps in a row up to step {step}; {hint}")
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar for runs counted in steps (``trainer.max_steps``; the clip streams have
+    no epochs): its bar read "Epoch 0/-2" when ``max_epochs`` is -1 (unbounded); it now reads "Epoch 0"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = super()._get_train_description(current_epoch)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs < 0:
+            description = description.replace(
+                f"Epoch {current_epoch}/{max_epochs - 1}", f"Epoch {current_epoch}"
+            )
+        return description
