@@ -41,8 +41,8 @@ browser:
 	    || echo "[make] could not install chromium + chromium-driver: the play-page browser test will skip"; \
 	else echo "[make] no apt-get: the play-page browser test will skip"; fi
 
-# One pytest-xdist worker per core (at most 4), each running torch on one thread (tests/conftest.py): the
-# suite's subprocesses spend most of their time importing, on one core. PYTEST_WORKERS=0: one process.
+# One pytest-xdist worker per core (at most 4), each running torch on one thread (tests/conftest.py): many
+# tests start commands that spend seconds importing on one core. PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 pytest: install browser
 	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
