@@ -43,7 +43,7 @@ browser:
 
 # One pytest-xdist worker per core (at most 4), each running torch on one thread (tests/conftest.py): many
 # tests start commands that spend seconds importing on one core. PYTEST_WORKERS=0: one process.
-PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+PYTEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 pytest: install browser
 	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
 
