@@ -189,6 +189,7 @@ def test_evaluator_reports_every_metric_finite_and_in_range(tmp_path: Path) -> N
     assert json.loads(json_path.read_text())["clips"] == 8
     table = md_path.read_text()
     assert "ΔtPSNR (t=4)" in table and "FVD" in table and "tokenizer PSNR" in table
+    assert f"| LAM codes used | {m['lam/codes_used']} | of the LAM's 4 |" in table  # this LAM has 4 codes
     assert markdown_table({"clips": 3}).count("\n") == 3
 
 

@@ -306,7 +306,7 @@ _LABELS = {
     "clips": ("held-out clips", ""),
     "tokenizer/psnr": ("tokenizer PSNR", "dB, reconstruction"),
     "tokenizer/ssim": ("tokenizer SSIM", "reconstruction"),
-    "lam/codes_used": ("LAM codes used", "of |A|"),
+    "lam/codes_used": ("LAM codes used", "of the LAM's codes"),
     "lam/nmi": ("LAM NMI(latent, true action)", "0..1"),
     "lam/transitions": ("labelled transitions", "NMI is biased upward below ~5000"),
     "lam/nmi_shuffled": ("NMI with shuffled true actions", "the small-sample floor"),
@@ -344,6 +344,8 @@ def markdown_table(metrics: dict[str, Any]) -> str:
                 f"ΔtPSNR (t={key[len('dynamics/delta_psnr_t') :]})",
                 "dB, higher = more controllable",
             )
+        if key == "lam/codes_used" and isinstance(metrics.get("lam/code_share"), list):
+            note = f"of the LAM's {len(metrics['lam/code_share'])}"
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         rows.append(f"| {label} | {text} | {note} |")
     table = metrics.get("lam/contingency")
