@@ -31,14 +31,21 @@ class StageModule(L.LightningModule):
     Only a stage that sets ``trains_on_tokens`` takes pretokenized clips (``data.train_tokens``); the others
     stop at the start of training with one line.
 
-    A stage's frozen models (:meth:`frozen_modules`) stay in eval mode by design; Lightning's warning that
-    training starts with modules in eval mode is kept for any module beyond them."""
+    A stage's frozen models (:meth:`frozen_modules`) stay in eval mode whatever mode the stage is put in (their
+    quantisers must never update); Lightning's warning that training starts with modules in eval mode is kept
+    for any module beyond them."""
 
     trains_on_tokens = False
 
     def frozen_modules(self) -> list[nn.Module]:
         """The submodules this stage keeps frozen, in eval mode, while it trains (none by default)."""
         return []
+
+    def train(self, mode: bool = True) -> StageModule:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     def on_fit_start(self) -> None:
         manifest = getattr(getattr(self._trainer, "datamodule", None), "token_manifest", None)

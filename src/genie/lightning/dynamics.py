@@ -137,13 +137,6 @@ class DynamicsModule(StageModule):
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.tokenizer, *([self.lam] if self.lam is not None and self.actions == "lam" else [])]
 
-    def train(self, mode: bool = True) -> DynamicsModule:
-        super().train(mode)
-        self.tokenizer.eval()  # frozen modules never run in training mode (their quantisers would update)
-        if self.lam is not None and self.actions == "lam":
-            self.lam.eval()
-        return self
-
     # -- actions --------------------------------------------------------------------------------------
     def _true_actions(self, batch: dict[str, Tensor], start: int, stop: int) -> Tensor:
         acts = batch.get("actions")

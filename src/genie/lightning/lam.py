@@ -86,12 +86,6 @@ class LAMModule(StageModule):
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [self.tokenizer] if self.tokenizer is not None else []
 
-    def train(self, mode: bool = True) -> LAMModule:
-        super().train(mode)
-        if self.tokenizer is not None:  # frozen: its quantiser must never update in training mode
-            self.tokenizer.eval()
-        return self
-
     def _inputs(self, video: Tensor) -> Tensor:
         if self.tokenizer is None:
             return video
