@@ -77,7 +77,8 @@ def test_token_input_ablation() -> None:
     out = model(tokens)
     assert out.pred.shape == (2, 3, 12, 64) and torch.isfinite(out.loss)
     assert model.infer_actions(tokens).shape == (2, 3)
-    # conf/model/lam.yaml's null token settings: a pixel LAM keeps the (unused) defaults, a token one needs them
+    # the null token settings of conf/model/lam_model/paper.yaml: a pixel LAM keeps the (unused) defaults, a token
+    # one needs them
     assert tiny_cfg(token_vocab=None, token_grid=None).token_grid == (23, 40)
     with pytest.raises(ValueError, match="a token-input LAM needs token_vocab and token_grid"):
         tiny_cfg(input="tokens", token_vocab=None, token_grid=None)

@@ -199,7 +199,8 @@ def test_a_token_input_lam_reads_its_own_tokenizer_wherever_a_lam_is_used(
     from genie.models import Genie
     from genie.models.io import load_lam
 
-    token_lam = {**LAM, "input": "tokens", "token_vocab": None, "token_grid": None}  # as conf/model/lam.yaml
+    # as conf/model/lam_model/paper.yaml
+    token_lam = {**LAM, "input": "tokens", "token_vocab": None, "token_grid": None}
     with pytest.raises(ValueError, match=r"model\.model\.token_vocab=64 but the tokenizer has 32"):
         LAMModule(model={**token_lam, "token_vocab": 64}, tokenizer_ckpt=str(world["tokenizer"]))
     torch.manual_seed(0)

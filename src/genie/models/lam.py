@@ -69,11 +69,13 @@ class LAMConfig(PatchGeometry):
     num_actions: int = 8
     latent_dim: int = 32
     input: LAMInput = "pixels"
-    # input="tokens": the tokenizer's vocabulary and token grid per frame; None (conf/model/lam.yaml's null) is
-    # "not given": genie.train takes them from the tokenizer, and pixel input keeps these defaults, unused
+    # input="tokens": the tokenizer's vocabulary and token grid per frame; None (the null of
+    # conf/model/lam_model/paper.yaml) is "not given": genie.train takes them from the tokenizer, and pixel input
+    # keeps these defaults, unused
     token_vocab: int = 1024
     token_grid: Sequence[int] = (23, 40)
-    # QK-norm as RMSNorm, as conf/model/lam.yaml has it: LayerNorm QK-norm used the codes worse (docs/lab-notes.md)
+    # QK-norm as RMSNorm, as conf/model/lam_model/paper.yaml has it: LayerNorm QK-norm used the codes worse
+    # (docs/lab-notes.md)
     encoder: STConfig | dict[str, Any] = field(
         default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
     )
