@@ -165,6 +165,15 @@ def test_paper_batches_are_global(name: str, batch: int) -> None:
     assert compose_experiment(name).data.global_batch_size == batch
 
 
+def test_cotrain_tiny_cotrains_lam_tinys_network() -> None:
+    # one tiny LAM network (conf/model/lam_model/tiny.yaml), its aids included, for the LAM stage and co-training
+    cotrain, lam = compose_experiment("cotrain_tiny"), compose_experiment("lam_tiny")
+    OmegaConf.resolve(cotrain)
+    OmegaConf.resolve(lam)
+    assert OmegaConf.to_container(cotrain.model.lam) == OmegaConf.to_container(lam.model.model)
+    assert cotrain.model.lam.aids.recon_weight == 1000.0 and cotrain.model.lam.aids.flow_input
+
+
 def test_conf_tree_mirrors_code() -> None:
     for group in ("model", "data", "trainer", "callbacks", "logger", "experiment", "paths"):
         assert (conf_dir() / group).is_dir(), group
