@@ -74,13 +74,11 @@ class LAMConfig(PatchGeometry):
     # keeps these defaults, unused
     token_vocab: int = 1024
     token_grid: Sequence[int] = (23, 40)
-    # QK-norm as RMSNorm, as conf/model/lam_model/paper.yaml has it: LayerNorm QK-norm used the codes worse
-    # (docs/lab-notes.md)
     encoder: STConfig | dict[str, Any] = field(
-        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
+        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
     )
     decoder: STConfig | dict[str, Any] = field(
-        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4, qk_norm="rms")
+        default_factory=lambda: STConfig(dim=1024, depth=20, num_heads=16, mlp_ratio=0.4)
     )
     vq: VQConfig = field(default_factory=lambda: VQConfig(l2_normalize=True))  # a mapping is taken too
     # Aids outside the paper (genie.models.aids; all off by default): residual prediction, the motion input,
